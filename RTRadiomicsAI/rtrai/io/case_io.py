@@ -1,0 +1,161 @@
+"""Read any supported input into a Case, and write case folders.
+
+A *case folder* is what ``rtrai convert`` writes and every other command reads::
+
+    CT.nrrd                 CT in HU (LPS geometry)
+    Structures.seg.nrrd     Slicer segmentation: TG-263 names, colours, layers for overlapping structures
+    Dose.nrrd               dose in Gy (float32), when the input has one
+    PossibleDoseMask.nrrd   OpenKBP's possible-dose mask, when the input has one
+    case.json               patient id, prescription, fractions, source metadata
+    provenance.json         what wrote the folder, from which inputs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from rtrai.core.case import Case
+from rtrai.core.errors import InputError
+from rtrai.core.outputs import write_text
+from rtrai.io import openkbp
+from rtrai.io.images import is_image_file, read_image, write_image
+from rtrai.io.segfile import read_segmentation, write_segmentation
+
+CT_FILE, STRUCTURES_FILE, DOSE_FILE, PDM_FILE, CASE_FILE = (
+    "CT.nrrd", "Structures.seg.nrrd", "Dose.nrrd", "PossibleDoseMask.nrrd", "case.json")
+
+
+def is_case_folder(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return path.is_dir() and ((path / CT_FILE).is_file() or (path / STRUCTURES_FILE).is_file())
+
+
+def is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_dicom_folder(path: str | os.PathLike, max_files: int = 2000) -> bool:
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    for i, item in enumerate(p for p in path.rglob("*") if p.is_file()):
+        if i >= max_files:
+            return False
+        if is_dicom_file(item):
+            return True
+    return False
+
+
+def input_kind(path: str | os.PathLike) -> str:
+    """One of 'case', 'openkbp', 'dicom', 'image', 'segmentation'; raises InputError for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+    if path.is_file():
+        if path.name.lower().endswith(".seg.nrrd"):
+            return "segmentation"
+        if is_image_file(path):
+            return "image"
+        if is_dicom_file(path):
+            return "dicom"
+        raise InputError(f"{path}: not a supported file (NRRD, NIfTI, MetaImage, .seg.nrrd or DICOM)")
+    if is_case_folder(path):
+        return "case"
+    if openkbp.is_openkbp_folder(path):
+        return "openkbp"
+    if is_dicom_folder(path):
+        return "dicom"
+    raise InputError(f"{path}: not a case folder, an OpenKBP patient folder, a DICOM folder or an image file")
+
+
+def read_case(path: str | os.PathLike) -> Case:
+    """Read an OpenKBP patient folder, a case folder, a DICOM folder or an image/segmentation file."""
+    path = Path(path)
+    kind = input_kind(path)
+    if kind == "openkbp":
+        return openkbp.read_openkbp(path)
+    if kind == "dicom":
+        from rtrai.io.dicomrt import read_dicom_folder
+
+        return read_dicom_folder(path)
+    if kind == "image":
+        return Case(ct=read_image(path), metadata={"patient_id": _stem(path), "source": "image",
+                                                   "source_path": str(path)})
+    if kind == "segmentation":
+        case = Case(metadata={"patient_id": _stem(path), "source": "segmentation", "source_path": str(path)})
+        _add_structures(case, path)
+        return case
+    return _read_case_folder(path)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".seg.nrrd", ".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd", ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _add_structures(case: Case, seg_path: Path) -> None:
+    masks, colors = read_segmentation(seg_path)
+    for name, mask in masks.items():
+        case.add_structure(name, mask, colors.get(name), keep_name=True)
+
+
+def _read_case_folder(folder: Path) -> Case:
+    info = {}
+    if (folder / CASE_FILE).is_file():
+        try:
+            info = json.loads((folder / CASE_FILE).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{folder / CASE_FILE}: not valid JSON ({exc})") from None
+    case = Case(metadata=dict(info.get("metadata", {})))
+    case.metadata.setdefault("patient_id", info.get("patient_id", folder.name))
+    if (folder / CT_FILE).is_file():
+        case.ct = read_image(folder / CT_FILE)
+    if (folder / STRUCTURES_FILE).is_file():
+        _add_structures(case, folder / STRUCTURES_FILE)
+    if (folder / DOSE_FILE).is_file():
+        case.dose = read_image(folder / DOSE_FILE)
+    if (folder / PDM_FILE).is_file():
+        case.possible_dose_mask = read_image(folder / PDM_FILE)
+    case.prescription = {k: float(v) for k, v in info.get("prescription_gy", {}).items()}
+    case.fractions = info.get("fractions")
+    return case
+
+
+def write_case(case: Case, folder: str | os.PathLike) -> list[Path]:
+    """Write a case folder (see the module docstring). The caller makes it atomic with ``output_folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if case.ct is not None:
+        written.append(write_image(case.ct, folder / CT_FILE))
+    if case.structures:
+        written.append(write_segmentation(case.structures, folder / STRUCTURES_FILE, case.colors, case.ct))
+    if case.dose is not None:
+        written.append(write_image(case.dose, folder / DOSE_FILE))
+    if case.possible_dose_mask is not None:
+        written.append(write_image(case.possible_dose_mask, folder / PDM_FILE))
+    info = {"patient_id": case.patient_id, "prescription_gy": case.prescription, "fractions": case.fractions,
+            "structures": {name: {"color": list(case.color(name)), "volume_cc": round(case.volume_cc(name), 3)}
+                           for name in case.structures},
+            "metadata": case.metadata}
+    written.append(write_text(folder / CASE_FILE, json.dumps(info, indent=2, default=str) + "\n"))
+    return written
+
+
+def list_cases(folder: str | os.PathLike) -> list[Path]:
+    """The readable patients directly inside a folder of patients (sorted naturally: pt_2 before pt_10)."""
+    folder = Path(folder)
+    children = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    cases = [p for p in children if is_case_folder(p) or openkbp.is_openkbp_folder(p) or is_dicom_folder(p, 200)]
+    return sorted(cases, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
