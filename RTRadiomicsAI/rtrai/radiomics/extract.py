@@ -1,0 +1,209 @@
+"""Feature extraction with pyradiomics as the engine.
+
+Values are pyradiomics' own: we hand it the parameter file (or a preset, which is just a pyradiomics parameter
+file) and the image/mask as SimpleITK images, and keep its column names. What we add is input checking with clear
+errors (grids, empty masks, absent labels, NaN/Inf, unknown parameter keys), case folders from ``rtrai convert``
+as input, and the DVH columns of dosiomics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from rtrai.core.errors import DependencyError, GeometryError, InputError
+from rtrai.core.image import Grid, check_finite, check_same_grid, resample_to
+
+PRESET_DIR = Path(__file__).with_name("presets")
+PRESETS = ("CT", "MR", "dose")
+# DVH thresholds of the dosiomics columns (Gy): V5 ... V70.
+DVH_VOLUME_LEVELS = tuple(range(5, 75, 5))
+
+
+def _radiomics():
+    try:
+        import radiomics
+    except ImportError as exc:
+        raise DependencyError(f"radiomics extraction needs pyradiomics ({exc}); "
+                              "install it with: pip install pyradiomics-bhklab") from exc
+    radiomics.setVerbosity(logging.ERROR)  # pyradiomics logs every case at INFO; our progress bar says enough
+    return radiomics
+
+
+def params_source(params: str | os.PathLike | dict | None = None, preset: str | None = None) -> str | dict | None:
+    """The pyradiomics parameter source: a YAML/JSON file, a preset name, a dict, or None for pyradiomics'
+    defaults (all features of the original image, binWidth 25, no resampling)."""
+    if params is not None and preset is not None:
+        raise InputError("give either a parameter file or a preset, not both")
+    if preset is not None:
+        match = {p.lower(): p for p in PRESETS}.get(str(preset).lower())
+        if match is None:
+            raise InputError(f"unknown preset '{preset}'; use one of {', '.join(PRESETS)}")
+        return str(PRESET_DIR / f"{match}.yaml")
+    if params is None or isinstance(params, dict):
+        return params
+    path = Path(params)
+    if not path.is_file():
+        raise InputError(f"parameter file not found: {path}")
+    return str(path)
+
+
+def make_extractor(params=None, preset: str | None = None, **overrides):
+    """A pyradiomics ``RadiomicsFeatureExtractor``; an invalid parameter file raises :class:`InputError`."""
+    _radiomics()
+    from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+    source = params_source(params, preset)
+    try:
+        return RadiomicsFeatureExtractor(source, **overrides) if source is not None \
+            else RadiomicsFeatureExtractor(**overrides)
+    except Exception as exc:  # pykwalify SchemaError, ValueError for unknown image types/features
+        message = str(exc).split("--- All found errors ---")[-1].strip().replace("\n", " ")
+        raise InputError(f"invalid radiomics parameters ({source or 'defaults'}): {message}") from None
+
+
+@dataclass
+class Inputs:
+    """An image and a mask on one grid, ready for pyradiomics, and where they came from."""
+
+    image: sitk.Image
+    mask: sitk.Image
+    label: int
+    case_id: str
+    image_source: str
+    mask_source: str
+
+
+def _read(path: Path, what: str) -> sitk.Image:
+    from rtrai.io.images import read_image
+
+    if not path.exists():
+        raise InputError(f"{what} not found: {path}")
+    return read_image(path)
+
+
+def load_inputs(image: str | os.PathLike, mask: str | os.PathLike | None = None, label: int | None = None,
+                structure: str | None = None, use_dose: bool = False, resample_mask: bool = False,
+                default_label: int = 1) -> Inputs:
+    """Read and check an image and its mask.
+
+    ``image`` is an image file or a case folder (``CT.nrrd`` + ``Structures.seg.nrrd`` [+ ``Dose.nrrd``]); with a
+    case folder, ``structure`` names the segment (and ``use_dose`` picks the dose instead of the CT). A mask file may
+    be a labelmap (``label`` picks the value, default 1) or a ``.seg.nrrd`` with ``structure``.
+    """
+    image_path = Path(image)
+    case_id = image_path.name
+    if image_path.is_dir():
+        from rtrai.io.case_io import read_case
+
+        case = read_case(image_path)
+        case_id = case.patient_id
+        volume = case.dose if use_dose else case.ct
+        if volume is None:
+            raise InputError(f"case folder {image_path} has no {'dose' if use_dose else 'CT'} volume")
+        image_source = str(image_path / ("Dose.nrrd" if use_dose else "CT.nrrd"))
+        if mask is None:
+            if not structure:
+                raise InputError("with a case folder as image, name the region with --structure NAME")
+            if structure not in case.structures:
+                raise InputError(f"structure '{structure}' is not in case {image_path} "
+                                 f"(it has: {', '.join(sorted(case.structures)) or 'no structures'})")
+            mask_image, label, mask_source = case.structures[structure], 1, f"{image_path}:{structure}"
+        else:
+            mask_image, label, mask_source = _read_mask(Path(mask), label, structure)
+    else:
+        if use_dose:
+            raise InputError("--dose applies to case folders; give the dose file itself as the image")
+        if mask is None:
+            raise InputError("a mask is needed: give --mask FILE (or a case folder and --structure NAME)")
+        volume, image_source = _read(image_path, "image"), str(image_path)
+        case_id = image_path.name.split(".")[0]
+        mask_image, label, mask_source = _read_mask(Path(mask), label, structure)
+    label = default_label if label is None else int(label)
+    check_finite(volume, f"image {image_source}")
+    if Grid.of(volume).differences(Grid.of(mask_image)):
+        if not resample_mask:
+            diffs = "; ".join(Grid.of(volume).differences(Grid.of(mask_image)))
+            raise GeometryError(f"image {image_source} and mask {mask_source} are on different grids ({diffs}); "
+                                "resample the mask onto the image with --resample-mask")
+        mask_image = resample_to(mask_image, volume, "nearest")
+    check_same_grid(volume, mask_image, (f"image {image_source}", f"mask {mask_source}"))
+    values = np.unique(sitk.GetArrayViewFromImage(mask_image))
+    if not np.any(values == label):
+        present = [int(v) for v in values if v != 0]
+        raise InputError(f"mask {mask_source} has no voxel with label {label} "
+                         f"({'it is empty' if not present else 'labels present: ' + ', '.join(map(str, present))})")
+    return Inputs(volume, mask_image, label, case_id, image_source, mask_source)
+
+
+def _read_mask(path: Path, label: int | None, structure: str | None) -> tuple[sitk.Image, int | None, str]:
+    if path.name.lower().endswith(".seg.nrrd"):
+        from rtrai.io.segfile import read_segmentation
+
+        masks, _ = read_segmentation(path)
+        if not structure:
+            if len(masks) != 1:
+                raise InputError(f"{path} holds {len(masks)} segments; name one with --structure "
+                                 f"({', '.join(sorted(masks))})")
+            structure = next(iter(masks))
+        if structure not in masks:
+            raise InputError(f"segment '{structure}' is not in {path} (it has: {', '.join(sorted(masks))})")
+        return masks[structure], 1, f"{path}:{structure}"
+    if structure:
+        raise InputError("--structure names a segment of a case folder or a .seg.nrrd; this mask is a labelmap "
+                         "(use --label N)")
+    return _read(path, "mask"), label, str(path)
+
+
+def extract(extractor, inputs: Inputs) -> OrderedDict:
+    """pyradiomics' feature vector for one image and mask (diagnostics first, as pyradiomics orders them)."""
+    try:
+        return extractor.execute(inputs.image, inputs.mask, label=inputs.label)
+    except ValueError as exc:  # pyradiomics' refusals (ROI too small, label missing after resampling, ...)
+        raise InputError(f"pyradiomics refused {inputs.mask_source} (label {inputs.label}): {exc}") from None
+
+
+def dvh_features(dose: sitk.Image, mask: sitk.Image, label: int = 1) -> OrderedDict:
+    """DVH-derived dosiomics columns: Dmean, Dmin, Dmax, D2%, D50%, D98% (Gy) and V5..V70 Gy (% of the volume).
+
+    D_x% is the minimum dose received by the hottest x% of the volume, i.e. the (100 - x)th percentile of the
+    voxel doses (numpy linear interpolation, as OpenKBP's evaluation computes D1/D95/D99).
+    """
+    doses = sitk.GetArrayViewFromImage(dose)[sitk.GetArrayViewFromImage(mask) == label].astype(np.float64)
+    if doses.size == 0:
+        raise InputError(f"no voxel with label {label} for the DVH")
+    out = OrderedDict()
+    out["dvh_Dmean_Gy"] = float(doses.mean())
+    out["dvh_Dmin_Gy"] = float(doses.min())
+    out["dvh_Dmax_Gy"] = float(doses.max())
+    for x in (2, 50, 98):
+        out[f"dvh_D{x}%_Gy"] = float(np.percentile(doses, 100 - x))
+    for level in DVH_VOLUME_LEVELS:
+        out[f"dvh_V{level}Gy_%"] = float(100.0 * np.count_nonzero(doses >= level) / doses.size)
+    return out
+
+
+def format_value(value) -> str:
+    """Text for a CSV cell: floats round-trip exactly (repr), everything else as pyradiomics' batch writes it."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    if isinstance(value, (np.integer,)):
+        return str(int(value))
+    return str(value)
+
+
+def extract_row(extractor, inputs: Inputs, dvh: bool = False) -> OrderedDict:
+    """One output row: ID, Image, Mask, Label, then pyradiomics' columns (and the DVH columns)."""
+    row = OrderedDict(ID=inputs.case_id, Image=inputs.image_source, Mask=inputs.mask_source, Label=inputs.label)
+    row.update(extract(extractor, inputs))
+    if dvh:
+        row.update(dvh_features(inputs.image, inputs.mask, inputs.label))
+    return row
