@@ -5,7 +5,6 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
 # Debian tools the tests use: dciodvfy (dicom3tools) validates the DICOM-RT we write.
-DEBIAN_PACKAGES=(dicom3tools)
 missing=()
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -86,7 +86,8 @@ def check_dose(image: sitk.Image, what: str, max_plausible_gy: float = 150.0) ->
     return arr
 
 
-def _search_cells(spacing_zyx: np.ndarray, dta_mm: float, max_gamma: float, step_mm: float):
+def _search_cells(spacing_zyx: np.ndarray, dta_mm: float, max_gamma: float, step_mm: float,
+                  band_fraction: float = 0.25):
     """Lattice offsets inside the search ball, grouped by the evaluated-grid cell they fall in.
 
     Returns a list of (min distance mm, cell base (dz, dy, dx), weights (8, M) float32, squared distances / DTA^2)
@@ -108,11 +109,14 @@ def _search_cells(spacing_zyx: np.ndarray, dta_mm: float, max_gamma: float, step
     groups = []
     keys, inverse = np.unique(base, axis=0, return_inverse=True)
     inverse = inverse.ravel()
+    band = np.floor(dist / (band_fraction * dta_mm)).astype(np.int64)
     for g, key in enumerate(keys):
-        members = np.flatnonzero(inverse == g)
-        order = members[np.argsort(dist[members])]
-        groups.append((float(dist[order[0]]), tuple(int(k) for k in key), weights[:, order].astype(np.float32),
-                       ((dist[order] / dta_mm) ** 2).astype(np.float32), dist[order]))
+        in_cell = np.flatnonzero(inverse == g)
+        # Split each cell into distance bands so the early exit and the pruning act on nearby offsets first.
+        for b in np.unique(band[in_cell]):
+            members = in_cell[band[in_cell] == b]
+            groups.append((float(dist[members].min()), tuple(int(k) for k in key),
+                           weights[:, members].astype(np.float32), ((dist[members] / dta_mm) ** 2).astype(np.float32)))
     groups.sort(key=lambda g: g[0])
     pad = int(np.max(np.abs(base))) + 2
     return groups, pad
@@ -151,6 +155,12 @@ def gamma_index(reference: sitk.Image, evaluated: sitk.Image, dose_percent: floa
     padded = np.pad(ev, pad, mode="constant", constant_values=_OUTSIDE)
     pz, py, px = padded.shape
     flat = padded.ravel()
+    # Min / max over the 8 corners of the cell whose lowest corner is each voxel (the last row wraps, unused there).
+    cell_min, cell_max = padded, padded
+    for axis in range(3):
+        cell_min = np.minimum(cell_min, np.roll(cell_min, -1, axis=axis))
+        cell_max = np.maximum(cell_max, np.roll(cell_max, -1, axis=axis))
+    cell_min, cell_max = cell_min.ravel(), cell_max.ravel()
     z, y, x = np.unravel_index(points, ref.shape)
     centre = (z + pad) * (py * px) + (y + pad) * px + (x + pad)
     corner_shift = np.array([dz * py * px + dy * px + dx for dz, dy, dx in np.ndindex(2, 2, 2)], dtype=np.int64)
@@ -159,30 +169,45 @@ def gamma_index(reference: sitk.Image, evaluated: sitk.Image, dose_percent: floa
     dd = dose_percent / 100.0 * (r_dose if local else np.full_like(r_dose, norm))
     with np.errstate(divide="ignore"):
         inv_dd2 = (1.0 / dd.astype(np.float64) ** 2).astype(np.float32)
-    best = np.full(points.size, np.inf, dtype=np.float32)  # best gamma^2 so far
-    active = np.arange(points.size)
+    # Values above max_gamma are reported as max_gamma, so max_gamma^2 is a valid starting bound: it lets voxels
+    # that fail by far skip the search instead of scanning the whole ball.
+    cap = np.float32(max_gamma ** 2 * (1 + 1e-6))
+    at_zero = flat[centre] - r_dose
+    best = np.minimum(at_zero * at_zero * inv_dd2, cap)  # gamma^2 at distance 0
+    inside = flat[centre] < _OUTSIDE / 2  # reference voxels outside the evaluated volume are not evaluated
+    best[~inside] = np.inf
+    active = np.flatnonzero(inside)
+    reported = -1
     # Visit cells in order of their closest offset; a voxel stops when that distance already exceeds its best gamma.
-    for i, (min_dist, (bz, by, bx), weights, d2, _) in enumerate(groups):
-        limit = (min_dist / dta_mm) ** 2
-        if i and active.size:
-            active = active[best[active] > limit]
+    for min_dist, (bz, by, bx), weights, d2 in groups:
+        limit = np.float32((min_dist / dta_mm) ** 2)
+        active = active[best[active] > limit]
         if not active.size:
             break
-        report(min_dist / (max_gamma * dta_mm), f"gamma search at {min_dist:.2f} mm, {active.size} voxels left")
+        if int(20 * min_dist / (max_gamma * dta_mm)) > reported:
+            reported = int(20 * min_dist / (max_gamma * dta_mm))
+            report(min_dist / (max_gamma * dta_mm), f"gamma search at {min_dist:.1f} mm, {active.size} voxels left")
         base = centre[active] + (bz * py * px + by * px + bx)
-        corners = flat[base[:, None] + corner_shift[None, :]]  # (N, 8)
+        # Trilinear values stay within the cell's corner range: skip voxels whose dose gap alone already loses.
+        r_act = r_dose[active]
+        gap = np.maximum(np.maximum(cell_min[base] - r_act, r_act - cell_max[base]), 0)
+        useful = limit + gap * gap * inv_dd2[active] < best[active]
+        if not useful.any():
+            continue
+        idx = active[useful]
+        corners = flat[base[useful, None] + corner_shift[None, :]]  # (N, 8)
         values = corners @ weights  # interpolated evaluated dose, (N, M)
-        values -= r_dose[active, None]
+        values -= r_dose[idx, None]
         np.square(values, out=values)
-        values *= inv_dd2[active, None]
+        values *= inv_dd2[idx, None]
         values += d2[None, :]
-        best[active] = np.minimum(best[active], values.min(axis=1))
+        best[idx] = np.minimum(best[idx], values.min(axis=1))
     report(1.0, "gamma done")
 
     gamma = np.sqrt(best)
     if local:
         gamma[r_dose <= 0] = np.inf  # local gamma is undefined where the reference dose is 0
-    valid = np.isfinite(gamma) & (gamma < np.sqrt(float(_OUTSIDE)))
+    valid = np.isfinite(gamma)
     gamma = np.minimum(gamma, max_gamma)
     full = np.full(ref.size, np.nan, dtype=np.float32)
     full[points[valid]] = gamma[valid]
@@ -193,6 +218,6 @@ def gamma_index(reference: sitk.Image, evaluated: sitk.Image, dose_percent: floa
     parameters = {"dose_percent": dose_percent, "dta_mm": dta_mm, "local": local, "cutoff_percent": cutoff_percent,
                   "max_gamma": max_gamma, "normalisation_gy": norm, "interp_fraction": interp_fraction,
                   "search_step_mm": dta_mm / interp_fraction,
-                  "evaluated_resampled": Grid.of(evaluated) != Grid.of(reference)}
+                  "evaluated_resampled": bool(Grid.of(evaluated).differences(Grid.of(reference)))}
     return GammaResult(out, 100.0 * passed / n_eval if n_eval else float("nan"), n_eval, passed,
                        float(gamma[valid].mean()) if n_eval else float("nan"), parameters)

@@ -40,6 +40,7 @@ TILT_TOL_MM = 0.01
 
 CT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2"}  # CT Image Storage (Enhanced CT is multi-frame: refused below)
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+RT_MODALITIES = {"RTSTRUCT", "RTDOSE", "RTPLAN", "RTIMAGE", "RTRECORD", "REG", "SEG", "SR"}
 
 
 @contextlib.contextmanager
@@ -137,7 +138,8 @@ def read_ct_from_headers(headers: list[tuple[Path, object]], series_uid: str | N
     modality: dict[str, str] = {}
     for path, ds in headers:
         with parsing(path):
-            if "ImagePositionPatient" not in ds and str(ds.get("SOPClassUID", "")) != ENHANCED_CT:
+            if str(ds.get("Modality", "")) in RT_MODALITIES or (
+                    "ImagePositionPatient" not in ds and str(ds.get("SOPClassUID", "")) != ENHANCED_CT):
                 continue  # not a slice of an image series (RT objects, reports...)
             uid = str(ds.get("SeriesInstanceUID", ""))
             series[uid].append((path, ds))

@@ -21,19 +21,38 @@ from rtrai.core.structures import color_of
 def write_segmentation(structures: dict[str, sitk.Image], path: str | os.PathLike,
                        colors: dict[str, tuple] | None = None, reference: sitk.Image | None = None,
                        compression_level: int = 1) -> Path:
-    """Write named masks (all on one grid) as a Slicer ``.seg.nrrd``; names are written as given."""
+    """Write named masks (all on one grid) as a Slicer ``.seg.nrrd``; names are written as given.
+
+    Layers are assigned as Slicer (and ``slicerio.add_segment``) assign them, touching only each mask's voxels.
+    """
     import slicerio
 
     if not structures and reference is None:
         raise InputError("no structures to write and no reference grid for an empty segmentation")
     reference = reference if reference is not None else next(iter(structures.values()))
     grid = Grid.of(reference)
-    segmentation = slicerio.create_segmentation(grid.size, grid.index_to_physical_matrix())
+    layers: list[np.ndarray] = []  # flat (i, j, k) label arrays; a structure goes to the first layer it fits in
+    segments = []
     for name, mask in structures.items():
         check_same_grid(reference, mask, ("segmentation reference", f"structure '{name}'"))
         xyz = sitk.GetArrayViewFromImage(mask).transpose(2, 1, 0) != 0  # slicerio works in (i, j, k) order
+        flat = np.flatnonzero(xyz.ravel(order="F"))  # only the structure's voxels are touched: fast for many masks
+        layer = next((i for i, lab in enumerate(layers) if lab.max() < 255 and not lab[flat].any()), None)
+        if layer is None:
+            layers.append(np.zeros(int(np.prod(grid.size)), np.uint8))
+            layer = len(layers) - 1
+        label = int(layers[layer].max()) + 1
+        layers[layer][flat] = label
         color = (colors or {}).get(name) or color_of(name)
-        slicerio.add_segment(segmentation, xyz, {"id": name, "name": name, "color": [float(c) for c in color]})
+        extent = [int(v) for axis in np.nonzero(xyz) for v in (axis.min(), axis.max())] if flat.size else \
+            [0, -1, 0, -1, 0, -1]
+        segments.append({"id": name, "name": name, "color": [float(c) for c in color], "labelValue": label,
+                         "layer": layer, "extent": extent})
+    if not layers:
+        layers.append(np.zeros(int(np.prod(grid.size)), np.uint8))
+    voxels = np.stack([lab.reshape(grid.size, order="F") for lab in layers])
+    segmentation = {"voxels": voxels if len(layers) > 1 else voxels[0],
+                    "ijkToLPS": grid.index_to_physical_matrix(), "segments": segments}
     segmentation["containedRepresentationNames"] = ["Binary labelmap"]
     segmentation["masterRepresentation"] = "Binary labelmap"
     path = Path(path)
