@@ -253,10 +253,12 @@ class RTRadiomicsAILogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         parameterNode = RTRadiomicsAIParameterNode(super().getParameterNode())
-        # Settings are application-wide: a new scene starts from the saved ones, not from defaults.
-        if str(parameterNode.modelCacheFolder) == ".":
-            device, folder = savedSettings()
+        # Device and model folder are application settings, not scene data: the saved ones win over whatever a
+        # scene (perhaps from another computer) carries. Assign only on change to avoid needless Modified events.
+        device, folder = savedSettings()
+        if parameterNode.device != device:
             parameterNode.device = device
+        if parameterNode.modelCacheFolder != folder:
             parameterNode.modelCacheFolder = folder
         return parameterNode
 
@@ -368,15 +370,20 @@ class RTRadiomicsAILogic(ScriptedLoadableModuleLogic):
             parts.append("with dose")
         return ", ".join(parts)
 
-    def backgroundJob(self, *args):
-        """A not-yet-started ``rtrai ARGS`` child process with the application's clean environment and the current
-        settings (see ``rtrai.core.jobs.Job``); poll it from a QTimer."""
-        from rtrai.core.jobs import Job
-
+    @staticmethod
+    def jobEnvironment() -> dict:
+        """Environment for child processes: the application's startup environment (without the settings the
+        launcher added for Slicer itself) plus the current settings."""
         env = dict(slicer.util.startupEnvironment())
         env[ENV_DEVICE] = os.environ.get(ENV_DEVICE, "auto")
         env[ENV_MODEL_CACHE] = os.environ.get(ENV_MODEL_CACHE, str(defaultModelCacheFolder()))
-        return Job.rtrai(*args, env=env)
+        return env
+
+    def backgroundJob(self, *args):
+        """A not-yet-started ``rtrai ARGS`` child process (see ``rtrai.core.jobs.Job``); poll it from a QTimer."""
+        from rtrai.core.jobs import Job
+
+        return Job.rtrai(*args, env=self.jobEnvironment())
 
 
 def _slicerPackaging():

@@ -141,3 +141,21 @@ def test_progress_sinks():
     stream = io.StringIO()
     progress.machine_lines(stream)(0.25, "step")
     assert stream.getvalue() == "<filter-comment>step</filter-comment>\n<filter-progress>0.2500</filter-progress>\n"
+
+
+def test_convert_refuses_a_mask_on_another_grid(tmp_path):
+    import subprocess
+    import sys
+
+    ct = grid_image()
+    folder = tmp_path / "case"
+    folder.mkdir()
+    write_image(ct, folder / "CT.nrrd")
+    other = grid_image(spacing=(1.0, 1.0, 1.0))
+    write_segmentation({"PTV70": from_array(np.ones(sitk.GetArrayFromImage(other).shape, np.uint8), other)},
+                       folder / "Structures.seg.nrrd")
+    result = subprocess.run([sys.executable, "-m", "rtrai", "convert", str(folder), str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "different grids" in result.stderr and "spacing" in result.stderr
+    assert not (tmp_path / "out").exists()

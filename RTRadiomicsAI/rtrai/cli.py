@@ -17,6 +17,8 @@ from rtrai.core.errors import RTRAIError
 # Sub-command modules, in the order they appear in --help.
 COMMAND_MODULES = (
     "rtrai.io.commands",
+    "rtrai.io.dicom_commands",
+    "rtrai.radiomics.commands",
     "rtrai.demo",
 )
 

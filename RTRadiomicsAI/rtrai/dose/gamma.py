@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from rtrai.core.errors import GeometryError, InputError
 from rtrai.core.image import Grid, check_finite, resample_to
-from rtrai.core.progress import Progress, silent
+from rtrai.core.progress import Progress, silent, sub
 
 # Stand-in for "outside the evaluated dose": large enough that any gamma using it loses, small enough that a zero
 # trilinear weight times it stays 0 (inf * 0 would be NaN).
@@ -122,6 +122,60 @@ def _search_cells(spacing_zyx: np.ndarray, dta_mm: float, max_gamma: float, step
     return groups, pad
 
 
+class _Lattice:
+    """The evaluated dose padded with "outside" values, flattened, with per-cell corner minima and maxima."""
+
+    def __init__(self, ev: np.ndarray, pad: int):
+        padded = np.pad(ev, pad, mode="constant", constant_values=_OUTSIDE)
+        self.pad = pad
+        self.shape = padded.shape
+        self.flat = padded.ravel()
+        # Min / max over the 8 corners of the cell whose lowest corner is each voxel (wrap-around lands in padding).
+        low, high = padded, padded
+        for axis in range(3):
+            low = np.minimum(low, np.roll(low, -1, axis=axis))
+            high = np.maximum(high, np.roll(high, -1, axis=axis))
+        self.cell_min, self.cell_max = low.ravel(), high.ravel()
+        _, py, px = self.shape
+        self.corner_shift = np.array([dz * py * px + dy * px + dx for dz, dy, dx in np.ndindex(2, 2, 2)],
+                                     dtype=np.int64)
+
+    def index_of(self, points: np.ndarray, shape: tuple) -> np.ndarray:
+        z, y, x = np.unravel_index(points, shape)
+        _, py, px = self.shape
+        return (z + self.pad) * (py * px) + (y + self.pad) * px + (x + self.pad)
+
+    def search(self, active, best, centre, r_dose, inv_dd2, groups, dta_mm, report) -> None:
+        """Lower ``best`` (gamma^2, in place) for voxels ``active`` over the offset ``groups``."""
+        _, py, px = self.shape
+        radius = max(groups[-1][0], 1e-9) if groups else 1.0
+        reported = -1
+        # Visit cells in order of their closest offset; a voxel stops when that distance exceeds its best gamma.
+        for min_dist, (bz, by, bx), weights, d2 in groups:
+            limit = np.float32((min_dist / dta_mm) ** 2)
+            active = active[best[active] > limit]
+            if not active.size:
+                break
+            if int(20 * min_dist / radius) > reported:
+                reported = int(20 * min_dist / radius)
+                report(min_dist / radius, f"gamma search at {min_dist:.1f} mm, {active.size} voxels left")
+            base = centre[active] + (bz * py * px + by * px + bx)
+            # Trilinear values stay within the cell's corner range: skip voxels whose dose gap alone loses.
+            r_act = r_dose[active]
+            gap = np.maximum(np.maximum(self.cell_min[base] - r_act, r_act - self.cell_max[base]), 0)
+            useful = limit + gap * gap * inv_dd2[active] < best[active]
+            if not useful.any():
+                continue
+            idx = active[useful]
+            corners = self.flat[base[useful, None] + self.corner_shift[None, :]]  # (N, 8)
+            values = corners @ weights  # interpolated evaluated dose, (N, M)
+            values -= r_dose[idx, None]
+            np.square(values, out=values)
+            values *= inv_dd2[idx, None]
+            values += d2[None, :]
+            best[idx] = np.minimum(best[idx], values.min(axis=1))
+
+
 def gamma_index(reference: sitk.Image, evaluated: sitk.Image, dose_percent: float = 3.0, dta_mm: float = 3.0, *,
                 local: bool = False, cutoff_percent: float = 10.0, max_gamma: float = 2.0,
                 normalisation_gy: float | None = None, interp_fraction: int = 10,
@@ -150,58 +204,32 @@ def gamma_index(reference: sitk.Image, evaluated: sitk.Image, dose_percent: floa
         raise InputError("the reference dose is zero everywhere, so there is nothing to compare")
     points = np.flatnonzero(ref.ravel() >= cutoff_percent / 100.0 * norm)
     spacing_zyx = np.array(reference.GetSpacing()[::-1], dtype=float)
-    groups, pad = _search_cells(spacing_zyx, dta_mm, max_gamma, dta_mm / interp_fraction)
-
-    padded = np.pad(ev, pad, mode="constant", constant_values=_OUTSIDE)
-    pz, py, px = padded.shape
-    flat = padded.ravel()
-    # Min / max over the 8 corners of the cell whose lowest corner is each voxel (the last row wraps, unused there).
-    cell_min, cell_max = padded, padded
-    for axis in range(3):
-        cell_min = np.minimum(cell_min, np.roll(cell_min, -1, axis=axis))
-        cell_max = np.maximum(cell_max, np.roll(cell_max, -1, axis=axis))
-    cell_min, cell_max = cell_min.ravel(), cell_max.ravel()
-    z, y, x = np.unravel_index(points, ref.shape)
-    centre = (z + pad) * (py * px) + (y + pad) * px + (x + pad)
-    corner_shift = np.array([dz * py * px + dy * px + dx for dz, dy, dx in np.ndindex(2, 2, 2)], dtype=np.int64)
-
+    fine_groups, pad = _search_cells(spacing_zyx, dta_mm, max_gamma, dta_mm / interp_fraction)
+    lattice = _Lattice(ev, pad)
+    centre = lattice.index_of(points, ref.shape)
     r_dose = ref.ravel()[points]
     dd = dose_percent / 100.0 * (r_dose if local else np.full_like(r_dose, norm))
     with np.errstate(divide="ignore"):
         inv_dd2 = (1.0 / dd.astype(np.float64) ** 2).astype(np.float32)
     # Values above max_gamma are reported as max_gamma, so max_gamma^2 is a valid starting bound: it lets voxels
     # that fail by far skip the search instead of scanning the whole ball.
-    cap = np.float32(max_gamma ** 2 * (1 + 1e-6))
-    at_zero = flat[centre] - r_dose
-    best = np.minimum(at_zero * at_zero * inv_dd2, cap)  # gamma^2 at distance 0
-    inside = flat[centre] < _OUTSIDE / 2  # reference voxels outside the evaluated volume are not evaluated
+    at_zero = lattice.flat[centre] - r_dose
+    best = np.minimum(at_zero * at_zero * inv_dd2, np.float32(max_gamma ** 2 * (1 + 1e-6)))  # gamma^2 at 0 mm
+    inside = lattice.flat[centre] < _OUTSIDE / 2  # reference voxels outside the evaluated volume are not evaluated
     best[~inside] = np.inf
-    active = np.flatnonzero(inside)
-    reported = -1
-    # Visit cells in order of their closest offset; a voxel stops when that distance already exceeds its best gamma.
-    for min_dist, (bz, by, bx), weights, d2 in groups:
-        limit = np.float32((min_dist / dta_mm) ** 2)
-        active = active[best[active] > limit]
-        if not active.size:
-            break
-        if int(20 * min_dist / (max_gamma * dta_mm)) > reported:
-            reported = int(20 * min_dist / (max_gamma * dta_mm))
-            report(min_dist / (max_gamma * dta_mm), f"gamma search at {min_dist:.1f} mm, {active.size} voxels left")
-        base = centre[active] + (bz * py * px + by * px + bx)
-        # Trilinear values stay within the cell's corner range: skip voxels whose dose gap alone already loses.
-        r_act = r_dose[active]
-        gap = np.maximum(np.maximum(cell_min[base] - r_act, r_act - cell_max[base]), 0)
-        useful = limit + gap * gap * inv_dd2[active] < best[active]
-        if not useful.any():
-            continue
-        idx = active[useful]
-        corners = flat[base[useful, None] + corner_shift[None, :]]  # (N, 8)
-        values = corners @ weights  # interpolated evaluated dose, (N, M)
-        values -= r_dose[idx, None]
-        np.square(values, out=values)
-        values *= inv_dd2[idx, None]
-        values += d2[None, :]
-        best[idx] = np.minimum(best[idx], values.min(axis=1))
+    todo = np.flatnonzero(inside)
+    if interp_fraction > 2:
+        # Two passes: a half-resolution search over the whole ball gives every voxel an upper bound; only the
+        # voxels it fails are searched at full resolution, and only within 1 DTA, where a pass would lie.
+        coarse_groups, _ = _search_cells(spacing_zyx, dta_mm, max_gamma, 2 * dta_mm / interp_fraction)
+        lattice.search(todo, best, centre, r_dose, inv_dd2, coarse_groups, dta_mm, sub(report, 0.0, 0.7))
+        todo = todo[best[todo] > 1.0]
+        refined = np.minimum(best, np.float32(1 + 1e-6))
+        lattice.search(todo, refined, centre, r_dose, inv_dd2,
+                       [g for g in fine_groups if g[0] <= dta_mm], dta_mm, sub(report, 0.7, 1.0))
+        best = np.where(refined <= 1.0, refined, best)
+    else:
+        lattice.search(todo, best, centre, r_dose, inv_dd2, fine_groups, dta_mm, report)
     report(1.0, "gamma done")
 
     gamma = np.sqrt(best)

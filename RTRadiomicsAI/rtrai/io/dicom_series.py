@@ -38,8 +38,7 @@ ORIENTATION_TOL = 1e-4
 # In-plane shift between consecutive slices above this (mm) means a tilted gantry.
 TILT_TOL_MM = 0.01
 
-CT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2"}  # CT Image Storage (Enhanced CT is multi-frame: refused below)
-ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"  # multi-frame Enhanced CT: refused with a clear FormatError
 RT_MODALITIES = {"RTSTRUCT", "RTDOSE", "RTPLAN", "RTIMAGE", "RTRECORD", "REG", "SEG", "SR"}
 
 

@@ -54,6 +54,8 @@ def read_sparse_csv(path: Path, with_values: bool) -> tuple[np.ndarray, np.ndarr
         raise FormatError(f"{path}: not a readable OpenKBP CSV ({str(exc).strip().splitlines()[0]})") from None
     if df.shape[1] != 2:
         raise FormatError(f"{path}: expected 2 columns (index,data), found {df.shape[1]}")
+    if df.empty:  # a header-only file: an empty dose or a structure with no voxel
+        return np.zeros(0, np.int64), (np.zeros(0) if with_values else None)
     index_col, value_col = df.iloc[:, 0], df.iloc[:, 1]
     if not pd.api.types.is_integer_dtype(index_col):
         numeric = pd.to_numeric(index_col, errors="coerce")
@@ -133,7 +135,11 @@ def read_openkbp(folder: str | os.PathLike) -> Case:
     known = {p.name.split(".")[0] for p in folder.iterdir() if p.name.endswith((".csv", ".csv.gz"))}
     # OpenKBP's own structures first in its channel order, then any other mask file in the folder.
     for stem in [s for s in STRUCTURE_FILES if s in known] + sorted(known - _SPECIAL - set(STRUCTURE_FILES)):
-        case.add_structure(stem, _volume(_find(folder, stem), grid, np.uint8, False))
+        mask = _volume(_find(folder, stem), grid, np.uint8, False)
+        if sitk.GetArrayViewFromImage(mask).any():
+            case.add_structure(stem, mask)
+        else:  # upstream scores only non-empty masks: an empty file means "not contoured", and missing is not empty
+            case.metadata.setdefault("empty_structure_files", []).append(stem)
     for name in case.targets():
         level = case.prescription_for(name)
         if level is not None:

@@ -1,7 +1,7 @@
 """The one place that imports ``slicer``: the application's own inside 3D Slicer, the ``slicer-core`` wheel outside.
 
 A missing MRML raises :class:`MRMLUnavailable`, which is both a :class:`DependencyError` (one clear line, exit 2 from
-the command line) and an ``ImportError`` (so that ``try: from rtrai.mrml import ...`` works for optional use).
+the command line) and an ``ImportError`` (so that optional callers can guard ``from rtrai.mrml import ...``).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ class MRMLUnavailable(DependencyError, ImportError):
     """MRML (3D Slicer's scene library) cannot be imported."""
 
 
+_HOW = "run inside 3D Slicer or install it with: pip install 'rtradiomicsai[mrml]' (slicer-core)"
+
 try:
     import slicer
     import slicer.util as slicer_util
-    # shap depends on an unrelated PyPI package also called ``slicer``: check that MRML itself is there.
-    from slicer import vtkMRMLScene  # noqa: F401
 except ImportError as exc:
-    raise MRMLUnavailable(
-        f"MRML is not available ({exc}); run inside 3D Slicer or install it with: pip install 'rtradiomicsai[all]' "
-        "(it provides slicer-core)"
-    ) from exc
+    raise MRMLUnavailable(f"MRML is not available ({exc}); {_HOW}") from exc
+# shap depends on an unrelated PyPI package also called ``slicer``: check that this one is MRML.
+if not hasattr(slicer, "vtkMRMLScene"):
+    raise MRMLUnavailable(f"the 'slicer' package at {getattr(slicer, '__file__', '?')} has no MRML; {_HOW}")
 
 __all__ = ["MRMLUnavailable", "slicer", "slicer_util"]

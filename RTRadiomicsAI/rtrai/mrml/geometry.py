@@ -22,7 +22,7 @@ from rtrai.mrml._slicer import slicer, slicer_util
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
-def _vtk_matrix(array: np.ndarray):
+def vtk_matrix(array: np.ndarray):
     import vtk
 
     matrix = vtk.vtkMatrix4x4()
@@ -32,7 +32,7 @@ def _vtk_matrix(array: np.ndarray):
     return matrix
 
 
-def _numpy_matrix(matrix) -> np.ndarray:
+def numpy_matrix(matrix) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
@@ -49,7 +49,7 @@ def set_node_geometry(node, grid: Grid) -> None:
     directions[:3, :3] = LPS_TO_RAS @ np.array(grid.direction, dtype=float).reshape(3, 3)
     node.SetSpacing(*[float(s) for s in grid.spacing])
     node.SetOrigin(*[float(o) for o in LPS_TO_RAS @ np.array(grid.origin, dtype=float)])
-    node.SetIJKToRASDirectionMatrix(_vtk_matrix(directions))
+    node.SetIJKToRASDirectionMatrix(vtk_matrix(directions))
 
 
 def node_grid(node) -> Grid:
@@ -59,9 +59,9 @@ def node_grid(node) -> Grid:
     if node.GetParentTransformNode() is not None:
         raise GeometryError(f"volume node '{node.GetName()}' is under the transform "
                             f"'{node.GetParentTransformNode().GetName()}'; harden the transform in Slicer first")
-    directions = _vtk_matrix(np.eye(4))
+    directions = vtk_matrix(np.eye(4))
     node.GetIJKToRASDirectionMatrix(directions)
-    lps_directions = LPS_TO_RAS @ _numpy_matrix(directions)[:3, :3]
+    lps_directions = LPS_TO_RAS @ numpy_matrix(directions)[:3, :3]
     origin = LPS_TO_RAS @ np.array(node.GetOrigin(), dtype=float)
     return Grid(size=tuple(int(d) for d in node.GetImageData().GetDimensions()),
                 spacing=tuple(float(s) for s in node.GetSpacing()),
@@ -69,14 +69,25 @@ def node_grid(node) -> Grid:
                 direction=tuple(float(d) + 0.0 for d in lps_directions.ravel()))
 
 
-def image_to_volume_node(image: sitk.Image, scene, name: str, node_class: str = "vtkMRMLScalarVolumeNode"):
-    """Add a scalar (or labelmap, with ``node_class='vtkMRMLLabelMapVolumeNode'``) volume node holding ``image``."""
+def image_to_volume_node(image: sitk.Image, scene, name: str, node_class: str = "vtkMRMLScalarVolumeNode",
+                         color_node=None):
+    """Add a scalar (or labelmap, with ``node_class='vtkMRMLLabelMapVolumeNode'``) volume node holding ``image``.
+
+    ``color_node``: a colour table for its display (Slicer's default grey or label colours otherwise).
+    """
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
         raise InputError(f"'{name}' must be a 3D scalar image to become a volume node")
     node = scene.AddNewNodeByClass(node_class, name)
     slicer_util.updateVolumeFromArray(node, sitk.GetArrayViewFromImage(image))
     set_node_geometry(node, Grid.of(image))
-    node.CreateDefaultDisplayNodes()
+    if color_node is None:
+        node.CreateDefaultDisplayNodes()
+    else:
+        display_class = ("vtkMRMLLabelMapVolumeDisplayNode" if node.IsA("vtkMRMLLabelMapVolumeNode")
+                         else "vtkMRMLScalarVolumeDisplayNode")
+        display = scene.AddNewNodeByClass(display_class)
+        display.SetAndObserveColorNodeID(color_node.GetID())
+        node.SetAndObserveDisplayNodeID(display.GetID())
     return node
 
 
@@ -102,7 +113,7 @@ def oriented_image(array: np.ndarray, grid: Grid):
     image.SetDimensions(*[int(s) for s in grid.size])
     image.AllocateScalars(numpy_support.get_vtk_array_type(array.dtype), 1)
     numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(array).ravel()
-    image.SetImageToWorldMatrix(_vtk_matrix(ijk_to_ras(grid)))
+    image.SetImageToWorldMatrix(vtk_matrix(ijk_to_ras(grid)))
     return image
 
 

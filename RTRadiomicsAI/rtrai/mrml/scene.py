@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import SimpleITK as sitk
 
 from rtrai.core.case import Case
 from rtrai.core.errors import InputError
-from rtrai.core.image import Grid
 from rtrai.mrml import slicerrt
 from rtrai.mrml._slicer import slicer
 from rtrai.mrml.geometry import image_to_volume_node, node_grid, volume_node_to_image
@@ -33,6 +31,7 @@ PATIENT_ATTRIBUTE = "RTRAI.PatientID"
 PRESCRIPTION_ATTRIBUTE = "RTRAI.Prescription"
 FRACTIONS_ATTRIBUTE = "RTRAI.Fractions"
 METADATA_ATTRIBUTE = "RTRAI.Metadata"
+MASK_COLOR_TABLE_NAME = "RTRAI_Mask_ColorTable"
 ROLES = ("ct", "structures", "dose", "possible_dose_mask")
 # Dose units SlicerRT may carry (the DICOM DoseUnits tag) and their factor to Gy.
 _TO_GY = {"GY": 1.0, "CGY": 0.01}
@@ -46,7 +45,7 @@ def case_to_scene(case: Case, scene=None, name_prefix: str | None = None) -> dic
     """
     case.validate()
     scene = scene if scene is not None else slicer.vtkMRMLScene()
-    prefix = f"{case.patient_id}_" if name_prefix is None else name_prefix
+    prefix = slicerrt.safe_node_name(f"{case.patient_id}_" if name_prefix is None else name_prefix)
     nodes: dict = {"scene": scene}
     if case.ct is not None:
         nodes["ct"] = image_to_volume_node(case.ct, scene, f"{prefix}CT")
@@ -56,20 +55,22 @@ def case_to_scene(case: Case, scene=None, name_prefix: str | None = None) -> dic
             reference_node=nodes.get("ct"))
     if case.dose is not None:
         dose = sitk.Cast(case.dose, sitk.sitkFloat32)
-        nodes["dose"] = image_to_volume_node(dose, scene, f"{prefix}Dose")
+        nodes["dose"] = image_to_volume_node(dose, scene, f"{prefix}Dose", color_node=slicerrt.dose_color_table(scene))
         slicerrt.show_as_dose(nodes["dose"], float(sitk.GetArrayViewFromImage(dose).max()))
     if case.possible_dose_mask is not None:
         mask = sitk.Cast(case.possible_dose_mask != 0, sitk.sitkUInt8)
         nodes["possible_dose_mask"] = image_to_volume_node(mask, scene, f"{prefix}PossibleDoseMask",
-                                                           node_class="vtkMRMLLabelMapVolumeNode")
+                                                           node_class="vtkMRMLLabelMapVolumeNode",
+                                                           color_node=_mask_color_table(scene))
 
     patient_item, study_item = slicerrt.patient_study(scene, case.patient_id)
     sh = slicerrt.subject_hierarchy(scene)
+    encode = slicerrt.encode_item_value
     sh.SetItemAttribute(patient_item, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMPatientIDAttributeName(),
-                        case.patient_id)
-    sh.SetItemAttribute(study_item, PRESCRIPTION_ATTRIBUTE, json.dumps(case.prescription))
-    sh.SetItemAttribute(study_item, FRACTIONS_ATTRIBUTE, json.dumps(case.fractions))
-    sh.SetItemAttribute(study_item, METADATA_ATTRIBUTE, json.dumps(case.metadata, default=str))
+                        encode(case.patient_id))
+    sh.SetItemAttribute(study_item, PRESCRIPTION_ATTRIBUTE, encode(json.dumps(case.prescription)))
+    sh.SetItemAttribute(study_item, FRACTIONS_ATTRIBUTE, encode(json.dumps(case.fractions)))
+    sh.SetItemAttribute(study_item, METADATA_ATTRIBUTE, encode(json.dumps(case.metadata, default=str)))
     if "dose" in nodes:
         slicerrt.set_dose_unit(scene, study_item)
     for role in ROLES:
@@ -81,14 +82,32 @@ def case_to_scene(case: Case, scene=None, name_prefix: str | None = None) -> dic
     return nodes
 
 
+def _mask_color_table(scene):
+    """Two labels for the possible-dose mask (Slicer's default label colours live in the application only)."""
+    existing = scene.GetSingletonNode(MASK_COLOR_TABLE_NAME, "vtkMRMLColorTableNode")
+    if existing is not None:
+        return existing
+    table = slicer.vtkMRMLColorTableNode()
+    table.SetName(MASK_COLOR_TABLE_NAME)
+    table.SetSingletonTag(MASK_COLOR_TABLE_NAME)
+    table.SetTypeToUser()
+    table.SetNumberOfColors(2)
+    table.GetLookupTable().SetTableRange(0, 1)
+    table.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+    table.SetColor(1, "possible dose", 0.3, 0.6, 1.0, 1.0)
+    scene.AddNode(table)
+    return table
+
+
 def scene_to_case(scene=None, *, ct=None, structures=None, dose=None, possible_dose_mask=None,
                   patient_id: str | None = None) -> Case:
     """Read a case back from a scene, or from the nodes given.
 
-    Nodes not given are looked up in ``scene`` (or the scene of a node that was given): first by the ``RTRAI.Role``
-    attribute :func:`case_to_scene` sets (restricted to ``patient_id`` when given), then as SlicerRT would find them
-    in a scene it made: the dose is the volume with ``DicomRtImport.DoseVolume``, the structures the segmentation, the
-    CT the segmentation's reference volume or else the only other scalar volume. Ambiguity is an error, never a guess.
+    Nodes not given are looked up in ``scene`` (or the scene of a node that was given): by the ``RTRAI.Role``
+    attribute :func:`case_to_scene` sets when the scene has such nodes, otherwise as SlicerRT lays out a DICOM-RT
+    import: the dose is the volume with ``DicomRtImport.DoseVolume``, the structures the segmentation, the CT the
+    segmentation's reference volume or else the only other scalar volume. ``patient_id`` restricts either search to
+    that patient's nodes. Ambiguity is an error, never a guess.
     Structure names are mapped to TG-263, colours kept; masks are on the CT grid (or the segmentation's reference
     grid when there is no CT).
     """
@@ -140,8 +159,9 @@ def _find_nodes(scene, given: dict, patient_id: str | None) -> dict:
             continue
         if tagged[role]:
             nodes[role] = _only(tagged[role], role, patient_id)
-        elif not any_tagged and patient_id is None:
-            candidates = _untagged_candidates(scene, role, nodes)
+        elif not any_tagged:
+            candidates = [n for n in _untagged_candidates(scene, role, nodes)
+                          if patient_id is None or _patient_name(n) == patient_id]
             if candidates:
                 nodes[role] = _only(candidates, role, patient_id)
     for role, node in nodes.items():
@@ -210,7 +230,7 @@ def _json(node, attribute: str, default):
     if text is None:
         return default
     try:
-        return json.loads(text)
+        return json.loads(slicerrt.decode_item_value(text))
     except json.JSONDecodeError as exc:
         raise InputError(f"study attribute {attribute} of '{node.GetName()}' is not valid JSON ({exc})") from exc
 
@@ -223,5 +243,3 @@ def _patient_name(node) -> str | None:
     patient = sh.GetItemAncestorAtLevel(item, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelPatient())
     return sh.GetItemName(patient) if patient != sh.GetInvalidItemID() else None
 
-
-__all__ = ["case_to_scene", "scene_to_case", "Grid", "np"]

@@ -17,6 +17,10 @@ From SlicerRT's source (``SlicerRtCommon/vtkSlicerRtCommon.cxx``, ``DicomRtImpor
 
 from __future__ import annotations
 
+import re
+import string
+from urllib.parse import quote, unquote
+
 from rtrai.mrml._slicer import slicer
 
 DOSE_VOLUME_ATTRIBUTE = "DicomRtImport.DoseVolume"
@@ -53,9 +57,10 @@ def dose_color_table(scene):
     table.SetTypeToUser()
     table.SetNumberOfColors(DOSE_COLOR_COUNT)
     table.GetLookupTable().SetTableRange(0, DOSE_COLOR_COUNT - 1)
+    rgb = [0.0, 0.0, 0.0]
     for index in range(DOSE_COLOR_COUNT):
-        r, g, b = transfer.GetColor(index / (DOSE_COLOR_COUNT - 1))
-        table.SetColor(index, f"{index}", r, g, b, 1.0)
+        transfer.GetColor(index / (DOSE_COLOR_COUNT - 1), rgb)
+        table.SetColor(index, f"{index}", *rgb, 1.0)
     table.SetAttribute("Category", "RTRadiomicsAI")
     scene.AddNode(table)
     return table
@@ -77,13 +82,32 @@ def show_as_dose(node, max_dose_gy: float) -> None:
     display.SetWindowLevelMinMax(0.0, top)
     display.AutoThresholdOff()
     display.SetLowerThreshold(0.05 * top)
-    display.SetUpperThreshold(max(top, 1e30))
+    display.SetUpperThreshold(1e30)  # no upper cut
     display.SetApplyThreshold(1)
 
 
 def is_dose_volume(node) -> bool:
     """The test of ``vtkSlicerRtCommon::IsDoseVolumeNode``."""
-    return node is not None and node.IsA("vtkMRMLScalarVolumeNode") and node.GetAttribute(DOSE_VOLUME_ATTRIBUTE) is not None
+    return (node is not None and node.IsA("vtkMRMLScalarVolumeNode")
+            and node.GetAttribute(DOSE_VOLUME_ATTRIBUTE) is not None)
+
+
+# Subject-hierarchy attributes are stored as "name^value|" without escaping: keep '%', '|', '^' and control
+# characters out of values by percent-encoding them (readable JSON stays readable).
+_SH_SAFE = "".join(c for c in string.printable if c not in "%|^" and (c == " " or not c.isspace()))
+
+
+def encode_item_value(text: str) -> str:
+    return quote(text, safe=_SH_SAFE)
+
+
+def decode_item_value(text: str) -> str:
+    return unquote(text)
+
+
+def safe_node_name(name: str) -> str:
+    """A node name that is also a safe file name: MRML names storage files after nodes, escaping too little."""
+    return re.sub(r"[^\w .+\-]", "_", name).strip() or "unnamed"
 
 
 def subject_hierarchy(scene):
@@ -95,7 +119,8 @@ def patient_study(scene, patient: str, study: str = "RT") -> tuple[int, int]:
     sh = subject_hierarchy(scene)
     invalid = sh.GetInvalidItemID()
     patient_item = sh.GetItemChildWithName(sh.GetSceneItemID(), patient)
-    if patient_item == invalid or sh.GetItemLevel(patient_item) != slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelPatient():
+    patient_level = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelPatient()
+    if patient_item == invalid or sh.GetItemLevel(patient_item) != patient_level:
         patient_item = sh.CreateSubjectItem(sh.GetSceneItemID(), patient)
     study_item = sh.GetItemChildWithName(patient_item, study)
     if study_item == invalid:

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 
 from rtrai.core.errors import InputError
+from rtrai.outcome.data import OutcomeWarning
 
 
 def fit(X: np.ndarray, batch: np.ndarray, tol: float = 1e-4, max_iter: int = 1000) -> dict:
@@ -81,7 +82,7 @@ def apply(X: np.ndarray, batch: np.ndarray, estimates: dict) -> np.ndarray:
                 raise InputError(f"batch '{level}' was not in the training data and has only one patient; "
                                  f"ComBat cannot estimate its adjustment")
             warnings.warn(f"batch '{level}' was not in the training data: harmonised with its own mean and variance "
-                          f"({int(rows.sum())} patients)", UserWarning, stacklevel=2)
+                          f"({int(rows.sum())} patients)", OutcomeWarning, stacklevel=2)
             g, d = s[rows].mean(axis=0), s[rows].var(axis=0, ddof=1)
             d[d == 0] = 1.0
         else:

@@ -160,15 +160,15 @@ def prepare(table: pd.DataFrame, endpoint: Endpoint, id_column: str | None = Non
     dropped_columns = set(exclude) | set(endpoint.columns) | ({id_column} if id_column else set())
     candidates = [c for c in table.columns if c not in dropped_columns]
     auto_categorical = set(clinical_columns or [])
-    X = pd.DataFrame(index=table.index)
+    columns = {}
     cats = []
     for column in candidates:
         values = table[column]
         if column == batch:
-            X[column] = values.astype("string")
+            columns[column] = values.astype("string")
             continue
         if column in categorical or (column in auto_categorical and not _is_numeric(values)):
-            X[column] = values.astype("string")
+            columns[column] = values.astype("string")
             cats.append(column)
             continue
         numeric = pd.to_numeric(values, errors="coerce")
@@ -177,7 +177,8 @@ def prepare(table: pd.DataFrame, endpoint: Endpoint, id_column: str | None = Non
             examples = _preview(values[bad].astype(str).unique(), 3)
             raise InputError(f"feature column '{column}' is not numeric (values like {examples}); list it in "
                              f"--categorical to one-hot encode it, --exclude it, or put it in the --clinical table")
-        X[column] = numeric.astype(float)
+        columns[column] = numeric.astype(float)
+    X = pd.DataFrame(columns, index=table.index)
     if not [c for c in X.columns if c != batch]:
         raise InputError("the table has no feature columns left after removing the ID, endpoint and excluded columns")
 
@@ -270,8 +271,11 @@ def make_planted_cohort(n: int = 300, n_features: int = 40, seed: int = 0, n_pla
     ``table.attrs``: ``planted`` (names), ``beta`` (their coefficients) and ``oracle`` (ID -> true log-hazard,
     see :func:`oracle_risk`).
     """
-    rng = np.random.default_rng(seed)
     block = 5
+    if n_features < block * n_planted:
+        raise InputError(f"a planted cohort with {n_planted} planted features needs at least {block * n_planted} "
+                         f"features (one block of {block} per planted feature)")
+    rng = np.random.default_rng(seed)
     latent = rng.standard_normal((n, (n_features + block - 1) // block))
     z = np.empty((n, n_features))
     for j in range(n_features):

@@ -33,6 +33,7 @@ def _radiomics():
         raise DependencyError(f"radiomics extraction needs pyradiomics ({exc}); "
                               "install it with: pip install pyradiomics-bhklab") from exc
     radiomics.setVerbosity(logging.ERROR)  # pyradiomics logs every case at INFO; our progress bar says enough
+    logging.getLogger("pykwalify").setLevel(logging.CRITICAL)  # its schema errors reach the user as InputError
     return radiomics
 
 
@@ -64,7 +65,8 @@ def make_extractor(params=None, preset: str | None = None, **overrides):
         return RadiomicsFeatureExtractor(source, **overrides) if source is not None \
             else RadiomicsFeatureExtractor(**overrides)
     except Exception as exc:  # pykwalify SchemaError, ValueError for unknown image types/features
-        message = str(exc).split("--- All found errors ---")[-1].strip().replace("\n", " ")
+        message = "; ".join(getattr(exc, "errors", None) or []) if hasattr(exc, "errors") else str(exc)
+        message = message or str(getattr(exc, "msg", exc)).strip().replace("\n", " ")
         raise InputError(f"invalid radiomics parameters ({source or 'defaults'}): {message}") from None
 
 

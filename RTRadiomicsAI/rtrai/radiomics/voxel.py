@@ -22,7 +22,7 @@ def _restrict_voxels() -> None:
     """Make pyradiomics compute only this worker's share of the ROI voxels (worker processes only)."""
     from radiomics import base
 
-    original = base.RadiomicsBase._initVoxelBasedCalculation
+    original = base.RadiomicsFeaturesBase._initVoxelBasedCalculation
     if getattr(original, "_rtrai_restricted", False):
         return
 
@@ -32,7 +32,7 @@ def _restrict_voxels() -> None:
         _PART["coordinates"] = self.labelledVoxelCoordinates
 
     restricted._rtrai_restricted = True
-    base.RadiomicsBase._initVoxelBasedCalculation = restricted
+    base.RadiomicsFeaturesBase._initVoxelBasedCalculation = restricted
 
 
 def _compute(image, mask, label, params, preset, index: int, count: int):

@@ -1,0 +1,255 @@
+"""3D dose prediction from CT + structures (knowledge-based planning, as in OpenKBP).
+
+Inputs, one channel each on the CT grid: CT (HU clipped to [-1000, 2000], / 1000), the seven OpenKBP OARs, the
+targets encoded by prescription level (``mask * Rx / 70 Gy``: PTV70 -> 1.0, PTV56 -> 0.8) and the possible-dose mask
+(the body when there is none). Output: dose / 70 Gy, set to zero outside the possible-dose region.
+
+Network: a MONAI U-Net with a light full-resolution level (few channels at 128^3, the heavy work at 64^3 and below):
+full resolution keeps the sharp PTV dose edges that a half-resolution model blurs, at a CPU cost close to it.
+Training is on random crops (left-right flips swap the paired organs), L1 on the dose inside the possible-dose mask,
+with checkpoints and ``--resume``; inference runs on the whole volume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from rtrai.core.case import Case
+from rtrai.core.errors import InputError
+from rtrai.core.image import from_array, mask_array
+
+OARS = ("Brainstem", "SpinalCord", "Parotid_L", "Parotid_R", "Esophagus", "Larynx", "Bone_Mandible")
+DOSE_SCALE_GY = 70.0
+CHANNELS = ("CT",) + OARS + ("Targets", "PossibleDose")
+FLIP_PAIRS = ((OARS.index("Parotid_L") + 1, OARS.index("Parotid_R") + 1),)  # channel indices to swap on L-R flip
+
+DEFAULT_CONFIG = {
+    "network": {"type": "unet", "channels": [8, 24, 48, 96, 192], "strides": [2, 2, 2, 2], "num_res_units": 1},
+    "patch": [96, 96, 96],
+    "batch": 2,
+    "steps": 20000,
+    "lr": 2e-3,
+    "weight_decay": 1e-5,
+    "checkpoint_every_s": 300,
+    "validate_every": 1000,
+    "seed": 0,
+}
+
+
+def build_network(spec: dict):
+    """The torch module for a network spec: ``unet`` (default) or ``resunet`` (more residual units)."""
+    from monai.networks.nets import UNet
+
+    kind = spec.get("type", "unet")
+    if kind not in ("unet", "resunet"):
+        raise InputError(f"unknown dose network type '{kind}' (use unet or resunet)")
+    return UNet(spatial_dims=3, in_channels=len(CHANNELS), out_channels=1, channels=tuple(spec["channels"]),
+                strides=tuple(spec["strides"]), num_res_units=spec.get("num_res_units", 1 if kind == "unet" else 3),
+                norm="instance", act="PRELU")
+
+
+def prescription_levels(case: Case) -> dict[str, float]:
+    """Target -> prescription (Gy): explicit prescription first, else the level in the name (PTV63 -> 63)."""
+    levels = {}
+    for name in case.targets():
+        level = case.prescription_for(name)
+        if level is None:
+            raise InputError(f"target '{name}' has no prescription: give one (e.g. --prescription {name}=70)")
+        levels[name] = float(level)
+    if not levels:
+        raise InputError("the case has no target (PTV): dose prediction needs at least one, with its prescription")
+    return levels
+
+
+def encode_inputs(case: Case) -> np.ndarray:
+    """The (channels, z, y, x) float32 input of a case (see the module docstring)."""
+    if case.ct is None:
+        raise InputError("dose prediction needs a CT")
+    ct = sitk.GetArrayViewFromImage(case.ct).astype(np.float32)
+    out = np.zeros((len(CHANNELS),) + ct.shape, np.float32)
+    out[0] = np.clip(ct, -1000, 2000) / 1000.0
+    for i, name in enumerate(OARS):
+        if name in case.structures:
+            out[1 + i] = mask_array(case.structures[name])
+    for name, level in prescription_levels(case).items():
+        region = mask_array(case.structures[name])
+        out[-2][region] = np.maximum(out[-2][region], level / DOSE_SCALE_GY)
+    if case.possible_dose_mask is not None:
+        out[-1] = mask_array(case.possible_dose_mask)
+    elif "External" in case.structures:
+        out[-1] = mask_array(case.structures["External"])
+    else:
+        out[-1] = ct > -500  # the body by threshold when no mask is given
+    return out
+
+
+def _pad_to(array: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[slice, ...]]:
+    shape = array.shape[-3:]
+    target = [int(math.ceil(s / multiple) * multiple) for s in shape]
+    pads = [(0, 0)] * (array.ndim - 3) + [(0, t - s) for s, t in zip(shape, target)]
+    return np.pad(array, pads), tuple(slice(0, s) for s in shape)
+
+
+def predict_array(network, inputs: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Dose in Gy (z, y, x) for encoded inputs; zero outside the possible-dose channel."""
+    import torch
+
+    multiple = 2 ** len(network.strides) if hasattr(network, "strides") else 16
+    padded, crop = _pad_to(inputs, multiple)
+    network.eval()
+    with torch.inference_mode():
+        tensor = torch.from_numpy(padded[None]).to(device)
+        dose = network(tensor)[0, 0].float().cpu().numpy()[crop]
+    dose = np.clip(dose, 0, None) * DOSE_SCALE_GY
+    dose[inputs[-1] == 0] = 0
+    return dose.astype(np.float32)
+
+
+def predict_case(case: Case, manifest: dict, device: str = "cpu") -> sitk.Image:
+    """Predicted dose (Gy, CT geometry) for a case with a model from the zoo (manifest already read)."""
+    import torch
+
+    from rtrai.models import load_state_dict
+
+    network = build_network(manifest["network"])
+    network.load_state_dict(load_state_dict(manifest))
+    network.to(device)
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    return from_array(predict_array(network, encode_inputs(case), device), case.ct)
+
+
+# ---------------------------------------------------------------------------------------------------------- training
+
+
+def _load_cohort(folder: Path, log) -> list[dict]:
+    from rtrai.io.case_io import list_cases, read_case
+
+    cases = []
+    for path in list_cases(folder):
+        case = read_case(path)
+        if case.dose is None:
+            log(f"skipping {path.name}: no dose")
+            continue
+        cases.append({"id": path.name, "x": encode_inputs(case).astype(np.float16),
+                      "y": (sitk.GetArrayViewFromImage(case.dose) / DOSE_SCALE_GY).astype(np.float16)})
+    if not cases:
+        raise InputError(f"no training cases with a dose found in {folder}")
+    return cases
+
+
+def _sample(cases: list[dict], rng: np.random.Generator, patch, batch: int):
+    xs, ys = [], []
+    for _ in range(batch):
+        item = cases[int(rng.integers(len(cases)))]
+        x, y = item["x"], item["y"]
+        body = x[-1] > 0
+        zs, ys_, xs_ = np.nonzero(body[::4, ::4, ::4])  # centre crops on the body (coarse index for speed)
+        pick = int(rng.integers(len(zs)))
+        centre = np.array([zs[pick], ys_[pick], xs_[pick]]) * 4
+        start = [int(np.clip(c - p // 2 + rng.integers(-8, 9), 0, s - p)) for c, p, s in zip(centre, patch, y.shape)]
+        sl = tuple(slice(s, s + p) for s, p in zip(start, patch))
+        xp, yp = x[(slice(None),) + sl].astype(np.float32), y[sl].astype(np.float32)
+        if rng.random() < 0.5:  # left-right flip: x is the last axis; paired organs swap channels
+            xp, yp = xp[..., ::-1], yp[..., ::-1]
+            for a, b in FLIP_PAIRS:
+                xp[[a, b]] = xp[[b, a]]
+        xs.append(np.ascontiguousarray(xp))
+        ys.append(np.ascontiguousarray(yp))
+    return np.stack(xs), np.stack(ys)[:, None]
+
+
+def validation_scores(network, cases: list[dict]) -> dict:
+    """OpenKBP dose score (mean absolute error in the possible-dose region, Gy) on encoded validation cases."""
+    errors = []
+    for item in cases:
+        pred = predict_array(network, item["x"].astype(np.float32))
+        ref = item["y"].astype(np.float32) * DOSE_SCALE_GY
+        mask = item["x"][-1] > 0
+        errors.append(float(np.abs(pred - ref).sum() / max(mask.sum(), 1)))
+    return {"dose_score_gy": float(np.mean(errors)), "n": len(errors)}
+
+
+def train(data: Path, outdir: Path, config: dict | None = None, validation: Path | None = None,
+          resume: bool = False, max_minutes: float | None = None) -> dict:
+    """Train (or resume) a dose model; checkpoints and ``train.log`` go to ``outdir``."""
+    import torch
+
+    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    outdir.mkdir(parents=True, exist_ok=True)
+    log_path = outdir / "train.log"
+
+    def log(message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        print(line, flush=True)
+        with open(log_path, "a") as handle:
+            handle.write(line + "\n")
+
+    torch.manual_seed(cfg["seed"])
+    torch.set_num_threads(int(os.environ.get("RTRAI_THREADS", os.cpu_count() or 2)))
+    network = build_network(cfg["network"])
+    optimiser = torch.optim.AdamW(network.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    # Step-count schedule (not wall-clock): a loaded machine must not decay the rate before the steps happen.
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg["lr"], total_steps=cfg["steps"],
+                                                   pct_start=0.05)
+    rng = np.random.default_rng(cfg["seed"])
+    step, history = 0, []
+    checkpoint = outdir / "checkpoint.pt"
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file, written below
+        network.load_state_dict(state["network"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        step, history = state["step"], state["history"]
+        rng.bit_generator.state = state["rng"]
+        log(f"resumed at step {step}")
+    log(f"config {json.dumps(cfg)}")
+    cases = _load_cohort(data, log)
+    val_cases = _load_cohort(validation, log) if validation else []
+    log(f"{len(cases)} training cases, {len(val_cases)} validation cases")
+
+    def save() -> None:
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save({"network": network.state_dict(), "optimiser": optimiser.state_dict(),
+                    "schedule": schedule.state_dict(), "step": step, "history": history, "config": cfg,
+                    "rng": rng.bit_generator.state}, tmp)
+        os.replace(tmp, checkpoint)
+
+    started, last_save, running = time.time(), time.time(), []
+    network.train()
+    while step < cfg["steps"]:
+        x, y = _sample(cases, rng, cfg["patch"], cfg["batch"])
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        mask = x[:, -1:] > 0
+        pred = network(x)
+        loss = (torch.abs(pred - y) * mask).sum() / mask.sum().clamp(min=1)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        step += 1
+        running.append(float(loss) * DOSE_SCALE_GY)
+        if step % 50 == 0:
+            log(f"step {step} loss(Gy) {np.mean(running):.3f} lr {schedule.get_last_lr()[0]:.2e}")
+            running = []
+        if val_cases and step % cfg["validate_every"] == 0:
+            scores = validation_scores(network, val_cases)
+            history.append({"step": step, **scores})
+            log(f"validation at step {step}: {scores}")
+            if scores["dose_score_gy"] <= min(h["dose_score_gy"] for h in history):
+                torch.save(network.state_dict(), outdir / "best.pt")
+            network.train()
+        if time.time() - last_save > cfg["checkpoint_every_s"]:
+            save()
+            last_save = time.time()
+        if max_minutes is not None and time.time() - started > 60 * max_minutes:
+            log("time budget reached; stopping (resume with --resume)")
+            break
+    save()
+    return {"step": step, "history": history}

@@ -1,0 +1,35 @@
+"""``rtrai export-dicom CASE OUTDIR [--anonymize]``: a case as CT series + RTSTRUCT + RTPLAN + RTDOSE."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    export = sub.add_parser(
+        "export-dicom", help="write a case as DICOM: CT series, RTSTRUCT, RTPLAN (prescription) and RTDOSE",
+        description="CASE is anything 'rtrai convert' reads (OpenKBP patient, DICOM folder, case folder, image). "
+                    "A case read from DICOM keeps its study, frame-of-reference and CT UIDs; otherwise new UIDs are "
+                    "made. --anonymize applies the profile in the README (names, IDs, dates removed, UIDs replaced).")
+    export.add_argument("case", metavar="CASE")
+    export.add_argument("outdir", metavar="OUTDIR")
+    export.add_argument("--anonymize", action="store_true", help="remove patient identity (see README)")
+    export.add_argument("--patient-id", default=None,
+                        help="with --anonymize: the pseudonymous PatientID to write (default ANON-<random>)")
+    export.set_defaults(func=run_export)
+
+
+def run_export(args) -> int:
+    from pathlib import Path
+
+    from rtrai.core.errors import InputError
+    from rtrai.core.progress import default
+    from rtrai.io.case_io import read_case
+    from rtrai.io.dicomrt_export import write_dicom_case
+
+    if args.patient_id and not args.anonymize:
+        raise InputError("--patient-id only applies with --anonymize")
+    source = Path(args.case)
+    case = read_case(source)
+    written = write_dicom_case(case, args.outdir, anonymize=args.anonymize, anonymous_id=args.patient_id,
+                               inputs=[source], progress=default("Exporting DICOM"))
+    print(f"wrote {', '.join(f'{len(v)} {k}' for k, v in written.items())} into {args.outdir}")
+    return 0

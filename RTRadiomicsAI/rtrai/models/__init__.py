@@ -1,0 +1,108 @@
+"""The model zoo: each model is a folder with ``manifest.json`` and a weights file (safetensors state dict).
+
+A manifest says what the weights are and what they expect::
+
+    name, version, task ("segmentation"), weights (file name), sha256 (of the weights file),
+    network (the config that rebuilds the torch module), inputs (channels with modality and intensity window,
+    spacing), labels (TG-263 names, output channel order), training (data, command, steps), metrics.
+
+Shipped models live in ``rtrai/models/zoo/<name>/``; a model may also be given as a path to its folder or manifest.
+Weights are loaded only after their sha256 matches the manifest (a mismatch raises :class:`ModelError`), and only as
+tensors (safetensors, or ``torch.load(weights_only=True)`` for ``.pt``): never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rtrai.core.errors import ModelError
+from rtrai.core.outputs import atomic_file, write_text
+from rtrai.core.provenance import sha256_file
+
+ZOO = Path(__file__).resolve().parent / "zoo"
+MANIFEST = "manifest.json"
+REQUIRED_KEYS = ("name", "version", "weights", "sha256", "network", "inputs", "labels")
+
+
+def _manifest_path(name_or_path: str | os.PathLike) -> Path:
+    path = Path(name_or_path)
+    if path.is_file() and path.name.endswith(".json"):
+        return path
+    if path.is_dir() and (path / MANIFEST).is_file():
+        return path / MANIFEST
+    shipped = ZOO / str(name_or_path) / MANIFEST
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(m["name"] for m in list_models()) or "none"
+    raise ModelError(f"unknown model '{name_or_path}' (not a model folder or manifest; shipped models: {known})")
+
+
+def read_manifest(name_or_path: str | os.PathLike) -> dict:
+    """The manifest of a shipped model (by name) or of a model folder / manifest file, with its folder added."""
+    path = _manifest_path(name_or_path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ModelError(f"{path}: unreadable model manifest ({exc})") from None
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ModelError(f"{path}: model manifest lacks {', '.join(missing)}")
+    manifest["folder"] = str(path.parent)
+    return manifest
+
+
+def list_models() -> list[dict]:
+    """Shipped models: one dict per model with name, version, task, sha256, labels and metrics."""
+    models = []
+    for path in sorted(ZOO.glob(f"*/{MANIFEST}")):
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, OSError):
+            continue  # a broken manifest must not hide the others; loading it by name reports the error
+        if all(k in manifest for k in REQUIRED_KEYS):
+            models.append({k: manifest.get(k) for k in ("name", "version", "task", "sha256", "labels", "metrics")})
+    return models
+
+
+def weights_path(manifest: dict) -> Path:
+    return Path(manifest["folder"]) / manifest["weights"]
+
+
+def load_state_dict(manifest: dict) -> dict:
+    """The checked state dict of a model: sha256 first, then tensors only (safetensors or weights_only)."""
+    path = weights_path(manifest)
+    if not path.is_file():
+        raise ModelError(f"model '{manifest['name']}': weights file not found: {path}")
+    digest = sha256_file(path)
+    if digest != manifest["sha256"]:
+        raise ModelError(f"model '{manifest['name']}': weights checksum {digest[:12]}... does not match the manifest "
+                         f"({str(manifest['sha256'])[:12]}...); refusing to load {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            import torch
+
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure of a model file is a model error for the user
+        raise ModelError(f"model '{manifest['name']}': unreadable weights {path} ({exc})") from None
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def write_model(folder: str | os.PathLike, state_dict: dict, manifest: dict, half: bool = True) -> Path:
+    """Write weights (fp16 by default: half the size, no measurable DSC change) and a manifest with their sha256."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / manifest.get("weights", "weights.safetensors")
+    tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
+    with atomic_file(weights) as tmp:
+        save_file(tensors, str(tmp))
+    manifest = {k: v for k, v in manifest.items() if k != "folder"}
+    manifest.update(weights=weights.name, sha256=sha256_file(weights))
+    return write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,218 @@
+"""``rtrai radiomics`` (one case, a cohort, voxel maps, robustness) and ``rtrai ibsi``. Nothing heavy is imported
+at module level: pyradiomics and mirp load inside the handlers."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+
+def _add_input_arguments(parser, mask_required: bool = False) -> None:
+    parser.add_argument("--image", help="image file, or a case folder from `rtrai convert`")
+    parser.add_argument("--mask", required=mask_required, help="labelmap or .seg.nrrd (not needed with a case folder "
+                                                               "and --structure)")
+    parser.add_argument("--label", type=int, help="label value of the ROI in the mask (default: the parameter "
+                                                  "file's, else 1)")
+    parser.add_argument("--structure", help="segment name in a case folder or .seg.nrrd")
+    parser.add_argument("--dose", action="store_true", help="with a case folder: use Dose.nrrd instead of CT.nrrd")
+    parser.add_argument("--resample-mask", action="store_true",
+                        help="resample the mask onto the image grid (nearest neighbour) instead of refusing")
+    parser.add_argument("--params", help="pyradiomics parameter file (YAML/JSON)")
+    parser.add_argument("--preset", help="built-in parameter file: CT, MR or dose")
+
+
+def register(sub) -> None:
+    radiomics = sub.add_parser(
+        "radiomics", help="pyradiomics features of a region (one case, a cohort, voxel maps, robustness)",
+        description="Extract pyradiomics features with pyradiomics' own column names and values. One case: "
+                    "--image/--mask -o features.csv. A cohort: --cohort batch.csv (columns Image, Mask, optional "
+                    "ID, Label, Structure) -o features.csv [--jobs N] [--resume]. Voxel maps: --voxel -o DIR. "
+                    "Robustness to contour changes: `rtrai radiomics robustness ...`.")
+    _add_input_arguments(radiomics)
+    radiomics.add_argument("--cohort", help="pyradiomics batch CSV")
+    radiomics.add_argument("--jobs", type=int, default=1, help="worker processes (cohort and voxel maps)")
+    radiomics.add_argument("--resume", action="store_true", help="continue an interrupted cohort output")
+    radiomics.add_argument("--dvh", action="store_true",
+                           help="add dvh_* columns (Dmean, D2/50/98%%, V5..V70 Gy); implied by --preset dose")
+    radiomics.add_argument("--voxel", action="store_true", help="voxel-wise feature maps, one NRRD per feature")
+    radiomics.add_argument("-o", "--output", required=False, help="features.csv (or a folder with --voxel)")
+    radiomics.set_defaults(func=run_radiomics)
+    # `rtrai radiomics robustness ...` is an optional first word rather than a nested sub-parser, so that the plain
+    # `rtrai radiomics --image ...` form keeps working with the same options.
+    radiomics.add_argument("mode", nargs="?", choices=["robustness"],
+                           help="robustness: ICC(3,1)/CV of each feature under contour perturbations")
+    radiomics.add_argument("--perturbations", type=int, default=10, help="robustness: number of contours (>= 3)")
+    radiomics.add_argument("--seed", type=int, default=0, help="robustness: seed of the random perturbations")
+
+    ibsi = sub.add_parser(
+        "ibsi", help="IBSI-1 features under a reference configuration (digital, A-E)",
+        description="Compute IBSI-1 features with mirp under the settings of an IBSI configuration and write "
+                    "tag,value rows with the reference tables' tags. With --reference TABLE, also write "
+                    "<out>.report.csv: per family, referenced / computed / within tolerance.")
+    ibsi.add_argument("--config", required=True, choices=["digital", "A", "B", "C", "D", "E"])
+    ibsi.add_argument("--image", required=True)
+    ibsi.add_argument("--mask", required=True)
+    ibsi.add_argument("--reference", help="IBSI reference-value table to compare with")
+    ibsi.add_argument("-o", "--output", required=True, help="out.csv")
+    ibsi.set_defaults(func=run_ibsi)
+
+
+def _params(args):
+    dvh = args.dvh or (args.preset or "").lower() == "dose"
+    return args.params, args.preset, dvh
+
+
+def run_radiomics(args) -> int:
+    from rtrai.core.errors import InputError
+
+    if args.mode == "robustness":
+        return run_robustness(args)
+    if not args.output:
+        raise InputError("name the output with -o")
+    if args.cohort:
+        return _run_cohort(args)
+    if not args.image:
+        raise InputError("give --image (and --mask or --structure), or --cohort")
+    if args.voxel:
+        return _run_voxel(args)
+    return _run_single(args)
+
+
+def _inputs(args, extractor):
+    from rtrai.radiomics.extract import load_inputs
+
+    return load_inputs(args.image, args.mask, args.label, args.structure, args.dose, args.resample_mask,
+                       extractor.settings.get("label", 1))
+
+
+def _run_single(args) -> int:
+    from rtrai.core import provenance
+    from rtrai.core.outputs import atomic_file
+    from rtrai.radiomics.extract import extract_row, format_value, make_extractor
+
+    params, preset, dvh = _params(args)
+    extractor = make_extractor(params, preset)
+    inputs = _inputs(args, extractor)
+    row = extract_row(extractor, inputs, dvh)
+    output = Path(args.output)
+    with atomic_file(output, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(list(row))
+            writer.writerow([format_value(v) for v in row.values()])
+    _provenance(output.parent, "radiomics", args, [args.image, args.mask, args.params])
+    print(f"wrote {sum(1 for k in row if not k.startswith('diagnostics_')) - 4} features to {output}")
+    return 0
+
+
+def _run_cohort(args) -> int:
+    from rtrai.core.progress import default
+    from rtrai.radiomics.cohort import run_cohort
+
+    params, preset, dvh = _params(args)
+    counts = run_cohort(args.cohort, args.output, params, preset, args.jobs, args.resume, dvh, args.dose,
+                        args.resample_mask, default("Radiomics"))
+    _provenance(Path(args.output).parent, "radiomics --cohort", args, [args.cohort, args.params])
+    print(f"{counts['extracted']} extracted, {counts['failed']} failed, {counts['skipped']} kept from before: "
+          f"{args.output}")
+    return 2 if counts["failed"] else 0
+
+
+def _run_voxel(args) -> int:
+    from rtrai.core import provenance
+    from rtrai.core.outputs import output_folder
+    from rtrai.core.progress import default
+    from rtrai.radiomics.extract import make_extractor
+    from rtrai.radiomics.voxel import voxel_maps, write_maps
+
+    params, preset, _ = _params(args)
+    inputs = _inputs(args, make_extractor(params, preset))
+    maps = voxel_maps(inputs.image, inputs.mask, inputs.label, params, preset, args.jobs, default("Voxel maps"))
+    with output_folder(args.output) as tmp:
+        write_maps(maps, tmp)
+        provenance.write(tmp, provenance.record("radiomics --voxel", _arguments(args),
+                                                inputs=[p for p in (args.image, args.mask, args.params) if p]))
+    print(f"wrote {len(maps)} feature maps to {args.output}")
+    return 0
+
+
+def run_robustness(args) -> int:
+    from rtrai.core.errors import InputError
+    from rtrai.core.outputs import atomic_file
+    from rtrai.core.progress import default, sub
+    from rtrai.radiomics.cohort import read_batch
+    from rtrai.radiomics.extract import load_inputs, make_extractor
+    from rtrai.radiomics.robustness import perturbation_features, robustness_table
+
+    if not args.output:
+        raise InputError("name the output table with -o")
+    if args.perturbations < 3:
+        raise InputError("--perturbations must be at least 3 (original, erosion, dilation)")
+    params, preset, _ = _params(args)
+    extractor = make_extractor(params, preset)
+    if args.cohort:
+        cases = [(r["Image"], r.get("Mask") or None, int(r["Label"]) if r.get("Label") else None,
+                  r.get("Structure") or None) for r in read_batch(args.cohort)]
+    elif args.image:
+        cases = [(args.image, args.mask, args.label, args.structure)]
+    else:
+        raise InputError("give --image/--mask (coefficient of variation) or --cohort (ICC across cases)")
+    progress = default("Robustness")
+    per_case = []
+    for i, (image, mask, label, structure) in enumerate(cases):
+        inputs = load_inputs(image, mask, label, structure, args.dose, args.resample_mask,
+                             extractor.settings.get("label", 1))
+        per_case.append(perturbation_features(extractor, inputs.image, inputs.mask, inputs.label,
+                                              args.perturbations, args.seed,
+                                              sub(progress, i / len(cases), (i + 1) / len(cases))))
+    table = robustness_table(per_case)
+    output = Path(args.output)
+    with atomic_file(output, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+    _provenance(output.parent, "radiomics robustness", args, [args.image, args.mask, args.cohort, args.params])
+    if len(cases) < 2:
+        print("one case: ICC(3,1) needs several cases (--cohort); the table gives the coefficient of variation",
+              file=sys.stderr)
+    print(f"wrote robustness of {len(table)} features over {args.perturbations} perturbations to {output}")
+    return 0
+
+
+def run_ibsi(args) -> int:
+    from rtrai.core.outputs import atomic_file
+    from rtrai.radiomics import ibsi
+
+    values = ibsi.compute(args.image, args.mask, args.config)
+    output = Path(args.output)
+    with atomic_file(output, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["tag", "value"])
+            writer.writerows([tag, repr(value)] for tag, value in values.items())
+    if args.reference:
+        comparison = ibsi.compare(values, ibsi.reference_table(args.reference))
+        report = ibsi.family_report(comparison)
+        with atomic_file(output.with_suffix(".report.csv"), suffix=".csv") as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=["family", "referenced", "computed", "within"])
+                writer.writeheader()
+                writer.writerows(report)
+        within, total = sum(r["within"] for r in comparison), len(comparison)
+        print(f"IBSI configuration {args.config}: {within}/{total} referenced features within tolerance "
+              f"({100 * within / max(total, 1):.1f}%)")
+    _provenance(output.parent, "ibsi", args, [args.image, args.mask])
+    print(f"wrote {len(values)} IBSI features to {output}")
+    return 0
+
+
+def _arguments(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "func"}
+
+
+def _provenance(folder: Path, command: str, args, inputs) -> None:
+    from rtrai.core import provenance
+
+    provenance.write(folder, provenance.record(command, _arguments(args), inputs=[p for p in inputs if p]))

@@ -1,0 +1,238 @@
+"""``rtrai segment`` (inference), ``rtrai segment train`` and ``rtrai evaluate segmentation``.
+
+``segment`` takes either an input or the word ``train``: argparse cannot put a positional INPUT and sub-commands side
+by side, so ``train`` is recognised as the first word (a file or folder named ``train`` is still segmented).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+FORMATS = ("nrrd", "openkbp", "dicom")
+
+
+def register(sub) -> None:
+    seg = sub.add_parser(
+        "segment", help="auto-contour organs at risk / targets with a deep-learning model, or train one",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="rtrai segment INPUT -o OUT [--model NAME] [--device auto|cpu|cuda] [--format nrrd|openkbp|dicom]\n"
+                    "  INPUT: a case folder, an image, a DICOM folder, an OpenKBP patient or a folder of patients.\n"
+                    "  Writes OUT/Structures.seg.nrrd (or OUT/<patient>/... for a folder), OpenKBP CSVs or an "
+                    "RTSTRUCT, and provenance.json.\n"
+                    "rtrai segment train --data DIR --config CFG -o WORKDIR [--resume] [--max-steps N]\n"
+                    "  Trains a model (config: a YAML/JSON file or a shipped name such as hn-oar-ct); WORKDIR gets "
+                    "checkpoint.pt, train.log and the best model in WORKDIR/model/.")
+    seg.add_argument("input", metavar="INPUT|train")
+    seg.add_argument("-o", "--output", required=True, metavar="OUT")
+    run = seg.add_argument_group("segmenting")
+    run.add_argument("--model", default="hn-oar-ct", help="zoo model name or model folder (default: hn-oar-ct)")
+    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    run.add_argument("--format", default="nrrd", choices=FORMATS, dest="fmt")
+    train = seg.add_argument_group("training (rtrai segment train ...)")
+    train.add_argument("--data", help="folder of training patients (OpenKBP, case or DICOM folders)")
+    train.add_argument("--config", help="training config: YAML/JSON file or shipped name (hn-oar-ct, ptv70)")
+    train.add_argument("--val-data", help="validation patients for model selection (overrides the config)")
+    train.add_argument("--resume", action="store_true", help="continue the run in WORKDIR from its checkpoint")
+    train.add_argument("--max-steps", type=int, help="stop after this many more steps (the schedule is unchanged)")
+    train.add_argument("--steps", type=int, help="total steps of the schedule (overrides the config)")
+    seg.set_defaults(func=run_segment)
+
+    evaluate = _evaluate_subparsers(sub)
+    ev = evaluate.add_parser("segmentation", help="DSC, HD95, mean surface distance and surface DSC per structure",
+                             description="Compare predicted structures with reference ones (case folders, OpenKBP "
+                                         "patients or .seg.nrrd files on the same grid, or folders of patients "
+                                         "matched by name). Writes metrics.csv, metrics.json and provenance.json.")
+    ev.add_argument("--pred", required=True)
+    ev.add_argument("--ref", required=True)
+    ev.add_argument("-o", "--output", required=True)
+    ev.add_argument("--tolerance", type=float, default=2.0, help="surface DSC tolerance in mm (default 2)")
+    ev.set_defaults(func=run_evaluate)
+
+
+def _evaluate_subparsers(sub):
+    """The sub-commands of ``rtrai evaluate``, shared with other capabilities (``evaluate dose`` ...)."""
+    parser = sub.choices.get("evaluate")
+    if parser is None:
+        parser = sub.add_parser("evaluate", help="evaluate predictions against references")
+    for action in parser._actions:  # noqa: SLF001 - argparse offers no public way to reach existing sub-parsers
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            return action
+    return parser.add_subparsers(dest="evaluate_what", metavar="WHAT", required=True)
+
+
+def run_segment(args) -> int:
+    if args.input == "train" and not Path(args.input).exists():
+        return run_train(args)
+    from rtrai.core.errors import InputError, RTRAIError
+    from rtrai.core.progress import default, track
+    from rtrai.io.case_io import input_kind, list_cases
+    from rtrai.segmentation.inference import Segmenter
+
+    if args.fmt == "dicom":
+        _dicom_writer()
+    source, out = Path(args.input), Path(args.output)
+    try:
+        input_kind(source)
+        patients = None
+    except InputError:
+        patients = list_cases(source) if source.is_dir() else []
+        if not patients:
+            raise
+    segmenter = Segmenter(args.model, args.device)
+    if patients is None:
+        segment_one(segmenter, source, out, args.fmt)
+        print(f"wrote {out}")
+        return 0
+    failures = []
+    for patient in track(patients, default("Segmenting"), message=""):
+        try:
+            segment_one(segmenter, patient, out / patient.name, args.fmt)
+        except RTRAIError as exc:  # one bad patient must not stop a cohort
+            failures.append(f"{patient.name}: {exc}")
+    for line in failures:
+        print(f"rtrai: error: {line}", file=sys.stderr)
+    print(f"segmented {len(patients) - len(failures)} of {len(patients)} patients into {out}")
+    return 2 if failures else 0
+
+
+def _dicom_writer():
+    from rtrai.core.errors import DependencyError
+
+    try:
+        from rtrai.io.dicomrt import write_dicom_case
+    except ImportError:
+        raise DependencyError("RTSTRUCT export is not available in this version (rtrai.io.dicomrt.write_dicom_case "
+                              "is missing); use --format nrrd or --format openkbp") from None
+    return write_dicom_case
+
+
+def segment_one(segmenter, source: Path, out: Path, fmt: str = "nrrd") -> Path:
+    """Segment one case into ``out`` (atomically): structures in the chosen format and provenance.json."""
+    import time
+
+    from rtrai.core import provenance
+    from rtrai.core.case import Case
+    from rtrai.core.outputs import output_folder
+    from rtrai.core.structures import color_of
+    from rtrai.io.case_io import read_case
+    from rtrai.io.segfile import write_segmentation
+
+    started = time.time()
+    case = read_case(source)
+    masks = segmenter.segment(case)
+    result = Case(ct=case.ct, metadata=dict(case.metadata))
+    for name, mask in masks.items():
+        result.add_structure(name, mask, color_of(name), keep_name=True)
+    empty = [name for name in masks if not sitk_any(masks[name])]
+    with output_folder(out) as tmp:
+        if fmt == "openkbp":
+            from rtrai.io.openkbp import write_openkbp
+
+            result.structures = {n: m for n, m in result.structures.items() if n not in empty}
+            write_openkbp(result, tmp, what=("structures",))
+        elif fmt == "dicom":
+            _dicom_writer()(result, tmp)
+        else:
+            write_segmentation(result.structures, tmp / "Structures.seg.nrrd", result.colors, case.ct)
+        provenance.write(tmp, provenance.record(
+            "segment", {"input": str(source), "format": fmt, "device": str(segmenter.device)}, inputs=[source],
+            models=[segmenter.info], extra={"structures": sorted(masks), "not_found": empty,
+                                            "seconds": round(time.time() - started, 2)}))
+    return out
+
+
+def sitk_any(image) -> bool:
+    import SimpleITK as sitk
+
+    return bool(sitk.GetArrayViewFromImage(image).any())
+
+
+def run_train(args) -> int:
+    from rtrai.core.errors import InputError
+    from rtrai.core.progress import default
+    from rtrai.segmentation.config import load_config
+    from rtrai.segmentation.train import main_command, train
+
+    if not args.data:
+        raise InputError("rtrai segment train needs --data DIR (a folder of training patients)")
+    if not args.resume and not args.config:
+        raise InputError("rtrai segment train needs --config (a YAML/JSON file or a shipped name such as hn-oar-ct)")
+    config = load_config(args.config) if args.config else None
+    if config is not None:
+        if args.val_data:
+            config["validation"]["data"] = args.val_data
+        if args.steps:
+            config["steps"] = int(args.steps)
+    folder = train(args.data, config, args.output, resume=args.resume, max_steps=args.max_steps,
+                   command=main_command(), progress=default("Loading cases"))
+    print(f"best model in {folder}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    import csv
+    import io
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from rtrai.core import provenance
+    from rtrai.core.errors import GeometryError, InputError
+    from rtrai.core.image import check_same_grid
+    from rtrai.core.outputs import output_folder, write_text
+    from rtrai.core.progress import default, track
+    from rtrai.io.case_io import input_kind, list_cases, read_case
+    from rtrai.segmentation.metrics import evaluate
+
+    pred, ref, out = Path(args.pred), Path(args.ref), Path(args.output)
+    try:
+        input_kind(ref)
+        pairs = [(pred, ref)]
+    except InputError:
+        refs = {p.name: p for p in (list_cases(ref) if ref.is_dir() else [])}
+        preds = {p.name: p for p in (list_cases(pred) if pred.is_dir() else [])}
+        pairs = [(preds[name], refs[name]) for name in refs if name in preds]
+        if not pairs:
+            raise InputError(f"no patients to compare: {ref} and {pred} share no readable patient folder")
+    rows = []
+    for p, r in track(pairs, default("Evaluating"), message=""):
+        predicted, reference = read_case(p), read_case(r)
+        if not reference.structures:
+            raise InputError(f"{r}: the reference has no structures")
+        grid_ref = next(iter(reference.structures.values()))
+        for name, mask in predicted.structures.items():
+            try:
+                check_same_grid(grid_ref, mask, ("reference", f"prediction '{name}'"))
+            except GeometryError as exc:
+                raise GeometryError(f"{p}: {exc}") from None
+        arrays = lambda c: {n: sitk.GetArrayFromImage(m) for n, m in c.structures.items()}  # noqa: E731
+        spacing = tuple(reversed(grid_ref.GetSpacing()))
+        for row in evaluate(arrays(predicted), arrays(reference), spacing, args.tolerance):
+            rows.append({"patient": reference.patient_id, **row})
+    columns = ["patient", "structure", "dsc", "hd95_mm", "msd_mm", "surface_dsc", "volume_pred_voxels",
+               "volume_ref_voxels"]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    summary = {}
+    for name in sorted({row["structure"] for row in rows}):
+        mine = [row for row in rows if row["structure"] == name]
+        summary[name] = {k: float(np.mean([row[k] for row in mine])) for k in ("dsc", "surface_dsc")}
+        summary[name]["cases"] = len(mine)
+    clean = lambda v: None if isinstance(v, float) and not np.isfinite(v) else v  # noqa: E731 - JSON has no inf
+    with output_folder(out) as tmp:
+        write_text(tmp / "metrics.csv", text.getvalue())
+        write_text(tmp / "metrics.json", json.dumps(
+            {"tolerance_mm": args.tolerance, "per_structure_mean": summary,
+             "rows": [{k: clean(v) for k, v in row.items()} for row in rows]}, indent=2) + "\n")
+        provenance.write(tmp, provenance.record("evaluate segmentation", {"pred": str(pred), "ref": str(ref),
+                                                                          "tolerance_mm": args.tolerance},
+                                                inputs=[pred, ref]))
+    for name, values in summary.items():
+        print(f"{name:16s} DSC {values['dsc']:.3f}  surface DSC {values['surface_dsc']:.3f}  ({values['cases']} cases)")
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,172 @@
+"""Segment a case with a zoo model: sliding window with Gaussian blending, thresholds, post-processing.
+
+The model runs on the LPS-oriented image at the input's own spacing when that lies near the training spacings
+(OpenKBP cases: no resampling at all); otherwise (a 512x512 CT at 1 mm) the image is resampled to the middle of the
+training range first and the probabilities are resampled back, so memory and time follow the model's grid, not the
+scanner's. A two-stage model (``localiser`` in its manifest) first runs a low-resolution model on the whole image and
+then the full-resolution model only on a box around what it found.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from rtrai.core.case import Case
+from rtrai.core.errors import InputError, ModelError
+from rtrai.segmentation.data import channel_images, check_intensities, downsample, orient, window
+
+MIN_VOXELS = 16  # per axis, on the model's grid: less cannot hold an organ at the model's resolution
+SPACING_SLACK = 1.25  # how far outside the training spacings an image is still segmented without resampling
+
+
+def pick_device(device: str = "auto"):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but torch sees no CUDA device")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"unknown device '{device}'; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def predict_probabilities(model, image: np.ndarray, config: dict, device=None) -> np.ndarray:
+    """(L, z, y, x) float32 probabilities for a preprocessed (C, z, y, x) image."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    factor = int(config.get("downsample", 1))
+    shape = image.shape[1:]
+    work = downsample(image, factor) if factor > 1 else image
+    settings = config.get("inference", {})
+    tensor = torch.as_tensor(np.ascontiguousarray(work), dtype=torch.float32)[None]
+    if device is not None:
+        tensor = tensor.to(device)
+    with torch.no_grad():
+        logits = sliding_window_inference(tensor, roi_size=tuple(config["patch"]), sw_batch_size=2, predictor=model,
+                                          overlap=float(settings.get("overlap", 0.25)),
+                                          mode=settings.get("mode", "gaussian"), padding_mode="constant", cval=-1.0)
+        prob = torch.sigmoid(logits)
+        if factor > 1:
+            prob = torch.nn.functional.interpolate(prob, size=shape, mode="trilinear", align_corners=False)
+    return prob[0].float().cpu().numpy()
+
+
+def predict_array(model, image: np.ndarray, config: dict, device=None) -> np.ndarray:
+    """(L, z, y, x) uint8 masks: probabilities, threshold, lateral consistency and largest components."""
+    from rtrai.segmentation.postprocess import postprocess
+
+    settings = config.get("inference", {})
+    masks = predict_probabilities(model, image, config, device) >= float(settings.get("threshold", 0.5))
+    return postprocess(masks, config["labels"], image[0], bool(settings.get("largest_component", True)))
+
+
+class Segmenter:
+    """A loaded zoo model (by name, folder or manifest path) that segments cases."""
+
+    def __init__(self, model: str = "hn-oar-ct", device: str = "auto"):
+        import torch
+
+        from rtrai.models import load_state_dict, read_manifest
+        from rtrai.segmentation.networks import build_network
+
+        self.manifest = read_manifest(model)
+        self.device = pick_device(device)
+        self.labels = list(self.manifest["labels"])
+        self.inputs = list(self.manifest["inputs"])
+        self.network = build_network(self.manifest["network"], len(self.inputs), len(self.labels))
+        try:
+            self.network.load_state_dict(load_state_dict(self.manifest))
+        except RuntimeError as exc:
+            raise ModelError(f"model '{self.manifest['name']}': weights do not fit the network in its manifest "
+                             f"({str(exc).splitlines()[0]})") from None
+        self.network.eval().to(self.device)
+        torch.set_grad_enabled(False)
+        self.localiser = None
+        if self.manifest.get("localiser"):
+            from pathlib import Path
+
+            self.localiser = Segmenter(str(Path(self.manifest["folder"]) / self.manifest["localiser"]), device)
+
+    @property
+    def info(self) -> dict:
+        return {"name": self.manifest["name"], "version": self.manifest["version"], "sha256": self.manifest["sha256"]}
+
+    def working_grid(self, image: sitk.Image) -> sitk.Image | None:
+        """A reference grid to resample to, or None when the image's spacing is close to the training spacings."""
+        bounds = self.manifest.get("spacing_mm")
+        if not bounds:
+            return None
+        low, high = np.array(bounds[0], float), np.array(bounds[1], float)
+        spacing = np.array(image.GetSpacing(), float)
+        if np.all(spacing >= low / SPACING_SLACK) and np.all(spacing <= high * SPACING_SLACK):
+            return None
+        target = (low + high) / 2.0
+        size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), spacing, target)]
+        reference = sitk.Image(size, sitk.sitkFloat32)
+        reference.SetSpacing(target.tolist())
+        reference.SetOrigin(image.GetOrigin())
+        reference.SetDirection(image.GetDirection())
+        return reference
+
+    def preprocess(self, case: Case) -> tuple[np.ndarray, sitk.Image, sitk.Image | None]:
+        """Model input (C, z, y, x), the oriented CT grid, and the working grid (None: the oriented grid itself)."""
+        images = [orient(i) for i in channel_images(case, self.inputs)]
+        grid = self.working_grid(images[0])
+        channels = []
+        for spec, image in zip(self.inputs, images):
+            check_intensities(image, spec, case.patient_id)
+            if grid is not None:
+                image = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, float(spec["window"][0]),
+                                      sitk.sitkFloat32)
+            channels.append(window(sitk.GetArrayFromImage(image), spec["window"]))
+        array = np.stack(channels)
+        if min(array.shape[1:]) < MIN_VOXELS:
+            raise InputError(f"{case.patient_id}: image of {array.shape[1:]} voxels (z, y, x) on the model's grid is "
+                             f"too small for '{self.manifest['name']}' (at least {MIN_VOXELS} per axis)")
+        return array, images[0], grid
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities on the working grid; two-stage models look only inside the localiser's box."""
+        if self.localiser is None:
+            return predict_probabilities(self.network, image, self.manifest, self.device)
+        found = predict_array(self.localiser.network, image, self.localiser.manifest, self.localiser.device).any(0)
+        out = np.zeros((len(self.labels),) + image.shape[1:], dtype=np.float32)
+        if not found.any():
+            return out
+        margin = [p // 4 for p in self.manifest["patch"]]
+        nz = np.nonzero(found)
+        box = tuple(slice(max(0, int(i.min()) - m), min(n, int(i.max()) + 1 + m))
+                    for i, m, n in zip(nz, margin, image.shape[1:]))
+        out[(slice(None), *box)] = predict_probabilities(self.network, image[(slice(None), *box)], self.manifest,
+                                                         self.device)
+        return out
+
+    def segment(self, case: Case) -> dict[str, sitk.Image]:
+        """TG-263 name -> uint8 mask on the case's CT grid, for every label of the model (empty when not found)."""
+        from rtrai.segmentation.postprocess import postprocess
+
+        image, oriented, grid = self.preprocess(case)
+        prob = self.probabilities(image)
+        if grid is not None:  # back to the oriented input grid, as probabilities (smoother than resampling masks)
+            resampled = []
+            for channel in prob:
+                p = sitk.GetImageFromArray(channel)
+                p.CopyInformation(grid)
+                resampled.append(sitk.GetArrayFromImage(sitk.Resample(p, oriented, sitk.Transform(),
+                                                                      sitk.sitkLinear, 0.0)))
+            prob = np.stack(resampled)
+            image = window(sitk.GetArrayFromImage(oriented), self.inputs[0]["window"])[None]
+        settings = self.manifest.get("inference", {})
+        masks = postprocess(prob >= float(settings.get("threshold", 0.5)), self.labels, image[0],
+                            bool(settings.get("largest_component", True)))
+        out = {}
+        for name, mask in zip(self.labels, masks):
+            result = sitk.GetImageFromArray(mask.astype(np.uint8))
+            result.CopyInformation(oriented)
+            if oriented is not case.ct:  # oriented differently from the input: back onto the input's own grid
+                result = sitk.Resample(result, case.ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+            out[name] = result
+        return out

@@ -1,0 +1,217 @@
+"""The training loop: preloaded patches, masked BCE + Dice, step-count LR schedule, checkpoints, resume, validation.
+
+A work folder holds everything of a run:
+
+    config.json        the merged config (a resumed run uses it, not the file given again)
+    checkpoint.pt      model + optimiser + step + torch RNG, rewritten atomically every few minutes
+    train.log          one line per ``log_every`` steps and per validation
+    model/             the best model so far on the validation cases (manifest.json + weights.safetensors, fp16)
+
+Data randomness is drawn from generators seeded by (seed, step), so a resumed run sees the same patches as an
+uninterrupted one. Made for 2 CPU cores in the background: one process, no data-loader workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rtrai.core.errors import InputError
+from rtrai.core.outputs import atomic_file, write_text
+
+CHECKPOINT, LOG, CONFIG, MODEL = "checkpoint.pt", "train.log", "config.json", "model"
+
+
+class Logger:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        print(line, flush=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+def learning_rate(config: dict, step: int) -> float:
+    """Linear warm-up, then polynomial decay to zero at ``steps`` (by step count, never wall-clock time)."""
+    warm = min(1.0, (step + 1) / max(1, int(config["warmup"])))
+    return float(config["lr"]) * warm * max(0.0, 1.0 - step / float(config["steps"])) ** 0.9
+
+
+def manifest_for(config: dict, data: str, step: int, metrics: dict | None = None, command: str | None = None,
+                 cpu_seconds: float | None = None) -> dict:
+    return {
+        "name": config["name"], "version": str(config["version"]), "task": "segmentation",
+        "weights": "weights.safetensors", "sha256": "",
+        "network": config["network"], "inputs": config["inputs"], "labels": config["labels"],
+        "patch": config["patch"], "downsample": int(config.get("downsample", 1)),
+        "spacing_mm": config.get("spacing_mm"), "inference": config["inference"],
+        "training": {"data": data, "steps": step, "command": command, "cpu_seconds": cpu_seconds,
+                     "seed": config["seed"], "config": {k: v for k, v in config.items() if k != "validation"}},
+        "metrics": metrics or {},
+    }
+
+
+def train(data: str | os.PathLike, config: dict, workdir: str | os.PathLike, resume: bool = False,
+          max_steps: int | None = None, command: str | None = None, progress=None) -> Path:
+    """Train (or resume) in ``workdir``; returns the folder of the best model. ``max_steps`` stops a run early
+    (tests, chunks of a long training) without changing the schedule, which follows ``config['steps']``."""
+    import torch
+
+    from rtrai.segmentation.data import augmentation, case_paths, load_samples, PatchSampler
+    from rtrai.segmentation.losses import masked_bce_dice
+    from rtrai.segmentation.networks import build_network, init_output_bias
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        if not (workdir / CHECKPOINT).is_file():
+            raise InputError(f"nothing to resume: {workdir / CHECKPOINT} does not exist")
+        config = json.loads((workdir / CONFIG).read_text(encoding="utf-8"))
+    elif (workdir / CHECKPOINT).is_file():
+        raise InputError(f"{workdir} already holds a training run; use --resume to continue it or pick another folder")
+    log = Logger(workdir / LOG)
+    torch.set_num_threads(int(config["threads"]))
+    seed = int(config["seed"])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    paths = case_paths(data)
+    started = time.time()
+    samples = load_samples(paths, config, progress, seed=seed)
+    spacings = np.array([sample.spacing for sample in samples])
+    config["spacing_mm"] = [spacings.min(axis=0).round(3).tolist(), spacings.max(axis=0).round(3).tolist()]
+    log(f"loaded {len(samples)} training cases in {time.time() - started:.0f} s "
+        f"({sum(s.image.nbytes + s.bits.nbytes for s in samples) / 2**20:.0f} MiB)")
+    validation = _validation_samples(config, log)
+    if not resume:
+        write_text(workdir / CONFIG, json.dumps(config, indent=2) + "\n")
+
+    n_in, n_out = len(config["inputs"]), len(config["labels"])
+    model = build_network(config["network"], n_in, n_out)
+    init_output_bias(model, n_out, float(config["output_prior"]))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
+    step, best, cpu_before = 0, -1.0, 0.0
+    if resume:
+        state = torch.load(workdir / CHECKPOINT, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        torch.set_rng_state(state["torch_rng"])
+        step, best, cpu_before = int(state["step"]), float(state["best"]), float(state.get("cpu_seconds", 0.0))
+        log(f"resumed at step {step} (best validation mean DSC so far {best:.3f})")
+    else:
+        log(f"config: {json.dumps(config)}")
+        log(f"network: {config['network']['arch']}, {sum(p.numel() for p in model.parameters())} parameters")
+
+    sampler = PatchSampler(samples, config)
+    augment = augmentation(config)
+    total = int(config["steps"]) if max_steps is None else min(int(config["steps"]), step + int(max_steps))
+    cpu_start = time.process_time()
+    last_save, window_start, losses = time.time(), time.time(), []
+
+    def cpu_seconds() -> float:
+        return cpu_before + time.process_time() - cpu_start
+
+    def save() -> None:
+        state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step, "best": best,
+                 "torch_rng": torch.get_rng_state(), "cpu_seconds": cpu_seconds()}
+        with atomic_file(workdir / CHECKPOINT) as tmp:
+            torch.save(state, tmp)
+
+    model.train()
+    while step < total:
+        rng = np.random.default_rng([seed, step])
+        augment.set_random_state(seed=int(rng.integers(2**31)))
+        batch = [augment(sampler.draw(rng)) for _ in range(int(config["batch"]))]
+        image = torch.stack([torch.as_tensor(np.asarray(b["image"]), dtype=torch.float32) for b in batch])
+        label = torch.stack([torch.as_tensor(np.asarray(b["label"]), dtype=torch.float32) for b in batch])
+        present = torch.stack([torch.as_tensor(np.asarray(b["present"]), dtype=torch.float32) for b in batch])
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(config, step)
+        loss = masked_bce_dice(model(image), label, present, float(config["dice_weight"]))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+        step += 1
+        if step % int(config["log_every"]) == 0 or step == total:
+            elapsed = time.time() - window_start
+            log(f"step {step}/{config['steps']} loss {np.mean(losses):.4f} lr {learning_rate(config, step):.2e} "
+                f"{elapsed / len(losses):.2f} s/step cpu {cpu_seconds() / 3600:.2f} h")
+            losses, window_start = [], time.time()
+        every = int(config["validation"].get("every") or 0)
+        if validation and ((every and step % every == 0) or step == total):
+            scores = validate(model, validation, config)
+            mean = float(np.mean(list(scores.values()))) if scores else 0.0
+            log(f"validation step {step}: mean DSC {mean:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+            if mean > best:
+                best = mean
+                _export(model, workdir / MODEL, config, str(data), step, scores, command, cpu_seconds())
+                log(f"new best model at step {step} -> {workdir / MODEL}")
+            model.train()
+            save()
+            last_save = time.time()
+        if time.time() - last_save > 60 * float(config["checkpoint_minutes"]) or step == total:
+            save()
+            last_save = time.time()
+    if not validation:
+        _export(model, workdir / MODEL, config, str(data), step, {}, command, cpu_seconds())
+    log(f"stopped at step {step}; cpu {cpu_seconds() / 3600:.2f} h")
+    return workdir / MODEL
+
+
+def _validation_samples(config: dict, log) -> list:
+    from rtrai.segmentation.data import case_paths, load_samples
+
+    folder = config["validation"].get("data")
+    if not folder:
+        return []
+    if not Path(folder).is_dir():
+        log(f"validation data {folder} not found: training without model selection")
+        return []
+    paths = case_paths(folder)
+    count = int(config["validation"].get("cases") or len(paths))
+    paths = paths[:: max(1, len(paths) // count)][:count]  # spread over the folder, the same every run
+    return load_samples(paths, {**config, "downsample": 1})
+
+
+def validate(model, samples, config: dict) -> dict[str, float]:
+    """Mean DSC per label over validation cases that have it (sliding window, threshold, largest component)."""
+    import torch
+
+    from rtrai.segmentation.data import unpack
+    from rtrai.segmentation.inference import predict_array
+    from rtrai.segmentation.metrics import dice
+
+    model.eval()
+    scores: dict[str, list[float]] = {name: [] for name in config["labels"]}
+    for sample in samples:
+        with torch.no_grad():
+            masks = predict_array(model, sample.image.astype(np.float32), config)
+        labels = unpack(sample.bits, len(config["labels"]))
+        for i, name in enumerate(config["labels"]):
+            if sample.present[i]:
+                scores[name].append(dice(masks[i], labels[i]))
+    return {name: float(np.mean(v)) for name, v in scores.items() if v}
+
+
+def _export(model, folder: Path, config: dict, data: str, step: int, scores: dict, command, cpu: float) -> None:
+    from rtrai.models import write_model
+
+    metrics = {"validation_dsc": {k: round(v, 4) for k, v in scores.items()}} if scores else {}
+    if scores:
+        metrics["validation_mean_dsc"] = round(float(np.mean(list(scores.values()))), 4)
+        metrics["validation_cases"] = int(config["validation"].get("cases") or 0)
+    write_model(folder, model.state_dict(), manifest_for(config, data, step, metrics, command, round(cpu)))
+
+
+def main_command() -> str:
+    return " ".join(["rtrai"] + sys.argv[1:])
