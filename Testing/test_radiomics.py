@@ -6,7 +6,6 @@ import argparse
 import ast
 import csv
 import math
-import os
 
 import numpy as np
 import pytest
@@ -66,7 +65,7 @@ def test_cli_matches_direct_pyradiomics(pyrad, tmp_path, case):
     theirs = RadiomicsFeatureExtractor(str(params)).execute(str(image), str(mask))
     assert [k for k in ours if k not in ("ID", "Image", "Mask", "Label")] == list(theirs)  # same columns, same order
     assert assert_same_features(ours, theirs) > 90
-    assert (tmp_path / "provenance.json").is_file()
+    assert (tmp_path / "f.csv.provenance.json").is_file()
 
 
 def _baseline(pyrad, cls):

@@ -65,5 +65,5 @@ def record(command: str, parameters: dict | None = None, inputs: list | None = N
     }
 
 
-def write(folder: str | os.PathLike, rec: dict) -> Path:
-    return write_text(Path(folder) / "provenance.json", json.dumps(rec, indent=2, default=str) + "\n")
+def write(folder: str | os.PathLike, rec: dict, name: str = "provenance.json") -> Path:
+    return write_text(Path(folder) / name, json.dumps(rec, indent=2, default=str) + "\n")

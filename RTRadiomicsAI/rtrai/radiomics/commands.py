@@ -87,7 +87,6 @@ def _inputs(args, extractor):
 
 
 def _run_single(args) -> int:
-    from rtrai.core import provenance
     from rtrai.core.outputs import atomic_file
     from rtrai.radiomics.extract import extract_row, format_value, make_extractor
 
@@ -101,7 +100,7 @@ def _run_single(args) -> int:
             writer = csv.writer(handle)
             writer.writerow(list(row))
             writer.writerow([format_value(v) for v in row.values()])
-    _provenance(output.parent, "radiomics", args, [args.image, args.mask, args.params])
+    _provenance(output, "radiomics", args, [args.image, args.mask, args.params])
     print(f"wrote {sum(1 for k in row if not k.startswith('diagnostics_')) - 4} features to {output}")
     return 0
 
@@ -113,7 +112,7 @@ def _run_cohort(args) -> int:
     params, preset, dvh = _params(args)
     counts = run_cohort(args.cohort, args.output, params, preset, args.jobs, args.resume, dvh, args.dose,
                         args.resample_mask, default("Radiomics"))
-    _provenance(Path(args.output).parent, "radiomics --cohort", args, [args.cohort, args.params])
+    _provenance(Path(args.output), "radiomics --cohort", args, [args.cohort, args.params])
     print(f"{counts['extracted']} extracted, {counts['failed']} failed, {counts['skipped']} kept from before: "
           f"{args.output}")
     return 2 if counts["failed"] else 0
@@ -173,7 +172,7 @@ def run_robustness(args) -> int:
             writer = csv.DictWriter(handle, fieldnames=list(table[0]))
             writer.writeheader()
             writer.writerows(table)
-    _provenance(output.parent, "radiomics robustness", args, [args.image, args.mask, args.cohort, args.params])
+    _provenance(output, "radiomics robustness", args, [args.image, args.mask, args.cohort, args.params])
     if len(cases) < 2:
         print("one case: ICC(3,1) needs several cases (--cohort); the table gives the coefficient of variation",
               file=sys.stderr)
@@ -203,7 +202,7 @@ def run_ibsi(args) -> int:
         within, total = sum(r["within"] for r in comparison), len(comparison)
         print(f"IBSI configuration {args.config}: {within}/{total} referenced features within tolerance "
               f"({100 * within / max(total, 1):.1f}%)")
-    _provenance(output.parent, "ibsi", args, [args.image, args.mask])
+    _provenance(output, "ibsi", args, [args.image, args.mask])
     print(f"wrote {len(values)} IBSI features to {output}")
     return 0
 
@@ -212,7 +211,9 @@ def _arguments(args) -> dict:
     return {k: v for k, v in vars(args).items() if k != "func"}
 
 
-def _provenance(folder: Path, command: str, args, inputs) -> None:
+def _provenance(output: Path, command: str, args, inputs) -> None:
+    """A single-file result gets ``<file>.provenance.json`` beside it, so a folder's own provenance.json survives."""
     from rtrai.core import provenance
 
-    provenance.write(folder, provenance.record(command, _arguments(args), inputs=[p for p in inputs if p]))
+    provenance.write(output.parent, provenance.record(command, _arguments(args), inputs=[p for p in inputs if p]),
+                     name=f"{output.name}.provenance.json")

@@ -140,7 +140,7 @@ def train(data: str | os.PathLike, config: dict, workdir: str | os.PathLike, res
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         step += 1
         if step % int(config["log_every"]) == 0 or step == total:
             elapsed = time.time() - window_start
