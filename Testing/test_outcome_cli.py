@@ -13,10 +13,8 @@ from rtrai.outcome import make_planted_cohort
 
 
 @pytest.fixture
-def rtrai(monkeypatch, capsys):
-    """Run the real ``rtrai`` entry point with the outcome commands registered."""
-    if "rtrai.outcome.commands" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "rtrai.outcome.commands"))
+def rtrai(capsys):
+    """Run the real ``rtrai`` entry point."""
 
     def run(*argv):
         code = cli.main([str(a) for a in argv])

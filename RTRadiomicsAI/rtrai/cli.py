@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "rtrai.io.commands",
     "rtrai.io.dicom_commands",
     "rtrai.radiomics.commands",
+    "rtrai.outcome.commands",
     "rtrai.demo",
 )
 
