@@ -6,9 +6,10 @@ parser (or creates it), so the two registrations work in either order.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+
+from rtrai.core.commands import nested
 
 DEFAULT_DVH_METRICS = "Dmean,Dmax,Dmin,D98%,D95%,D50%,D2%,D2cc,D0.1cc,V20Gy,Volume"
 
@@ -42,11 +43,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.set_defaults(func=run_gamma)
 
-    dose = sub.choices.get("dose")
-    if dose is None:
-        dose = sub.add_parser("dose", help="dose prediction and evaluation")
-    actions = [a for a in dose._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
-    dose_sub = actions[0] if actions else dose.add_subparsers(dest="dose_command", metavar="DOSE_COMMAND")
+    dose_sub = nested(sub, "dose", "dose prediction and evaluation")
     p = dose_sub.add_parser("evaluate", help="OpenKBP dose/DVH scores, isodose Dice and DVH metric errors",
                             description="Compare predicted with reference doses. P and R: Dose.nrrd files (with "
                                         "--structures), case folders, OpenKBP patient folders, or folders of "

@@ -219,8 +219,9 @@ def gamma_index(reference: sitk.Image, evaluated: sitk.Image, dose_percent: floa
     best[~inside] = np.inf
     todo = np.flatnonzero(inside)
     if interp_fraction > 2:
-        # Two passes: a half-resolution search over the whole ball gives every voxel an upper bound; only the
-        # voxels it fails are searched at full resolution, and only within 1 DTA, where a pass would lie.
+        # Two passes: a half-resolution search over the whole ball gives every voxel an upper bound (its gamma
+        # value when it passes); only the voxels it fails are searched at full resolution, and only within 1 DTA,
+        # where a pass would lie. Pass/fail is thus decided at full resolution.
         coarse_groups, _ = _search_cells(spacing_zyx, dta_mm, max_gamma, 2 * dta_mm / interp_fraction)
         lattice.search(todo, best, centre, r_dose, inv_dd2, coarse_groups, dta_mm, sub(report, 0.0, 0.7))
         todo = todo[best[todo] > 1.0]

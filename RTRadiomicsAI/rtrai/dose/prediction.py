@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from rtrai.core.case import Case
-from rtrai.core.errors import InputError
+from rtrai.core.errors import InputError, ModelError
 from rtrai.core.image import from_array, mask_array
 
 OARS = ("Brainstem", "SpinalCord", "Parotid_L", "Parotid_R", "Esophagus", "Larynx", "Bone_Mandible")
@@ -40,6 +40,7 @@ DEFAULT_CONFIG = {
     "checkpoint_every_s": 300,
     "validate_every": 1000,
     "seed": 0,
+    "validation_cases": 8,
 }
 
 
@@ -112,32 +113,88 @@ def predict_array(network, inputs: np.ndarray, device: str = "cpu") -> np.ndarra
     return dose.astype(np.float32)
 
 
-def predict_case(case: Case, manifest: dict, device: str = "cpu") -> sitk.Image:
-    """Predicted dose (Gy, CT geometry) for a case with a model from the zoo (manifest already read)."""
+class DosePredictor:
+    """A dose model from the zoo (checked by sha256), loaded once and applied to any number of cases."""
+
+    def __init__(self, model: str = "hn-dose-openkbp", device: str = "auto"):
+        import torch
+
+        from rtrai.models import load_state_dict, read_manifest
+        from rtrai.models.device import pick_device
+
+        self.manifest = read_manifest(model)
+        if self.manifest.get("task") != "dose":
+            raise ModelError(f"model '{self.manifest['name']}' is a {self.manifest.get('task')} model, not a dose model")
+        self.device = pick_device(device)
+        self.network = build_network(self.manifest["network"])
+        self.network.load_state_dict(load_state_dict(self.manifest))
+        self.network.to(self.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+        self.model_info = {k: self.manifest.get(k) for k in ("name", "version", "sha256")}
+
+    @staticmethod
+    def read(path, prescription: dict[str, float] | None = None) -> Case:
+        """Read a case and apply prescription overrides (target name -> Gy)."""
+        from rtrai.io.case_io import read_case
+
+        case = read_case(path)
+        for name, level in (prescription or {}).items():
+            if name not in case.structures:
+                raise InputError(f"--prescription names '{name}', which the case does not have "
+                                 f"(structures: {', '.join(sorted(case.structures))})")
+            case.prescription[name] = level
+        return case
+
+    def predict(self, case: Case) -> sitk.Image:
+        """Predicted dose in Gy on the CT grid."""
+        expected = self.manifest["inputs"].get("spacing_mm")
+        if expected and not np.allclose(case.ct.GetSpacing(), expected, rtol=0.5):
+            raise ModelError(f"model '{self.manifest['name']}' was trained at about {expected} mm; the CT has "
+                             f"{tuple(round(s, 2) for s in case.ct.GetSpacing())} mm (resample it first)")
+        return from_array(predict_array(self.network, encode_inputs(case), str(self.device)), case.ct)
+
+
+def export_model(workdir: Path, config: dict, result: dict, command: str) -> Path:
+    """Write the best (else the last) weights of a training run as a zoo model in ``workdir/model``."""
     import torch
 
-    from rtrai.models import load_state_dict
+    from rtrai.models import write_model
 
-    network = build_network(manifest["network"])
-    network.load_state_dict(load_state_dict(manifest))
-    network.to(device)
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
-    return from_array(predict_array(network, encode_inputs(case), device), case.ct)
+    best = workdir / "best.pt"
+    state = torch.load(best if best.is_file() else workdir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    state = state.get("network", state)
+    history = result.get("history", [])
+    best_entry = min(history, key=lambda h: h["dose_score_gy"]) if history else None
+    cfg = {**DEFAULT_CONFIG, **config}
+    manifest = {
+        "name": config.get("name", "dose-model"), "version": f"step{result['step']}", "task": "dose",
+        "weights": "weights.safetensors", "sha256": "", "network": cfg["network"],
+        "inputs": {"channels": list(CHANNELS), "ct_window_hu": [-1000, 2000], "dose_scale_gy": DOSE_SCALE_GY,
+                   "spacing_mm": result["spacing_mm"]},
+        "labels": ["Dose"],
+        "training": {"command": command, "steps": result["step"], "patch": cfg["patch"], "batch": cfg["batch"],
+                     "data": "OpenKBP train-pats (68 patients in ../shared/data)"},
+        "metrics": {"validation_dose_score_gy": best_entry["dose_score_gy"] if best_entry else None,
+                    "validation_cases": best_entry["n"] if best_entry else 0,
+                    "selected_at_step": best_entry["step"] if best_entry else None},
+    }
+    return write_model(workdir / "model", state, manifest)
 
 
 # ---------------------------------------------------------------------------------------------------------- training
 
 
-def _load_cohort(folder: Path, log) -> list[dict]:
+def _load_cohort(folder: Path, log, limit: int | None = None) -> list[dict]:
     from rtrai.io.case_io import list_cases, read_case
 
     cases = []
-    for path in list_cases(folder):
+    for path in list_cases(folder)[:limit]:
         case = read_case(path)
         if case.dose is None:
             log(f"skipping {path.name}: no dose")
             continue
-        cases.append({"id": path.name, "x": encode_inputs(case).astype(np.float16),
+        cases.append({"id": path.name, "spacing": case.ct.GetSpacing(), "x": encode_inputs(case).astype(np.float16),
                       "y": (sitk.GetArrayViewFromImage(case.dose) / DOSE_SCALE_GY).astype(np.float16)})
     if not cases:
         raise InputError(f"no training cases with a dose found in {folder}")
@@ -202,16 +259,17 @@ def train(data: Path, outdir: Path, config: dict | None = None, validation: Path
     step, history = 0, []
     checkpoint = outdir / "checkpoint.pt"
     if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file, written below
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         network.load_state_dict(state["network"])
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
+        schedule.total_steps = cfg["steps"]  # a run extended with more steps stretches the rest of its schedule
         step, history = state["step"], state["history"]
         rng.bit_generator.state = state["rng"]
         log(f"resumed at step {step}")
     log(f"config {json.dumps(cfg)}")
     cases = _load_cohort(data, log)
-    val_cases = _load_cohort(validation, log) if validation else []
+    val_cases = _load_cohort(validation, log, cfg.get("validation_cases", 8)) if validation else []
     log(f"{len(cases)} training cases, {len(val_cases)} validation cases")
 
     def save() -> None:
@@ -234,7 +292,7 @@ def train(data: Path, outdir: Path, config: dict | None = None, validation: Path
         optimiser.step()
         schedule.step()
         step += 1
-        running.append(float(loss) * DOSE_SCALE_GY)
+        running.append(loss.item() * DOSE_SCALE_GY)
         if step % 50 == 0:
             log(f"step {step} loss(Gy) {np.mean(running):.3f} lr {schedule.get_last_lr()[0]:.2e}")
             running = []
@@ -252,4 +310,5 @@ def train(data: Path, outdir: Path, config: dict | None = None, validation: Path
             log("time budget reached; stopping (resume with --resume)")
             break
     save()
-    return {"step": step, "history": history}
+    spacing = np.median([c["spacing"] for c in cases], axis=0)
+    return {"step": step, "history": history, "spacing_mm": [round(float(v), 3) for v in spacing]}

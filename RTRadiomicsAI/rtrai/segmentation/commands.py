@@ -121,7 +121,7 @@ def segment_one(segmenter, source: Path, out: Path, fmt: str = "nrrd") -> Path:
 
     started = time.time()
     case = read_case(source)
-    masks = segmenter.segment(case)
+    masks = segmenter.segment(case, source if source.is_dir() else None)
     result = Case(ct=case.ct, metadata=dict(case.metadata))
     for name, mask in masks.items():
         result.add_structure(name, mask, color_of(name), keep_name=True)
@@ -159,14 +159,15 @@ def run_train(args) -> int:
         raise InputError("rtrai segment train needs --data DIR (a folder of training patients)")
     if not args.resume and not args.config:
         raise InputError("rtrai segment train needs --config (a YAML/JSON file or a shipped name such as hn-oar-ct)")
+    if args.resume and args.config:
+        raise InputError("--resume continues with the config saved in the work folder; leave out --config")
     config = load_config(args.config) if args.config else None
-    if config is not None:
-        if args.val_data:
-            config["validation"]["data"] = args.val_data
-        if args.steps:
-            config["steps"] = int(args.steps)
+    if config is not None and args.val_data:
+        config["validation"]["data"] = args.val_data
+    if config is not None and args.steps:
+        config["steps"] = int(args.steps)
     folder = train(args.data, config, args.output, resume=args.resume, max_steps=args.max_steps,
-                   command=main_command(), progress=default("Loading cases"))
+                   command=main_command(), progress=default("Loading cases"), steps=args.steps)
     print(f"best model in {folder}")
     return 0
 

@@ -34,8 +34,9 @@ def window(array: np.ndarray, bounds) -> np.ndarray:
     return (np.clip(array.astype(np.float32), low, high) - low) * (2.0 / (high - low)) - 1.0
 
 
-def channel_images(case: Case, inputs: list[dict]) -> list[sitk.Image]:
-    """The input images a config asks for: the case's CT for "CT", else ``<name>.nrrd`` beside a case folder."""
+def channel_images(case: Case, inputs: list[dict], folder: str | os.PathLike | None = None) -> list[sitk.Image]:
+    """The input images a config asks for: the case's CT for "CT", else ``<name>.nrrd`` in the case's folder
+    (``folder``, or the folder the case was read from), resampled onto the CT grid when it is on another."""
     images = []
     for spec in inputs:
         name = spec["name"]
@@ -44,8 +45,8 @@ def channel_images(case: Case, inputs: list[dict]) -> list[sitk.Image]:
                 raise InputError(f"{case.patient_id}: the model needs a CT and the case has none")
             images.append(case.ct)
             continue
-        folder = case.metadata.get("source_path")
-        path = Path(folder) / f"{name}.nrrd" if folder else None
+        where = folder or case.metadata.get("source_path")
+        path = Path(where) / f"{name}.nrrd" if where else None
         if path is None or not path.is_file():
             raise InputError(f"{case.patient_id}: the model needs input channel '{name}' ({name}.nrrd in the case "
                              "folder) and the case has none")
@@ -67,10 +68,10 @@ def check_intensities(image: sitk.Image, spec: dict, patient: str) -> None:
                          "(no air near -1000 HU, or too narrow a range); this model needs CT")
 
 
-def preprocess(case: Case, inputs: list[dict]) -> np.ndarray:
+def preprocess(case: Case, inputs: list[dict], folder: str | os.PathLike | None = None) -> np.ndarray:
     """Input channels as float32 (C, z, y, x), each windowed to [-1, 1]."""
     channels = []
-    for spec, image in zip(inputs, channel_images(case, inputs)):
+    for spec, image in zip(inputs, channel_images(case, inputs, folder)):
         check_intensities(image, spec, case.patient_id)
         channels.append(window(sitk.GetArrayFromImage(orient(image)), spec["window"]))
     return np.stack(channels)
@@ -109,7 +110,7 @@ def load_samples(paths: list[Path], config: dict, progress=None, max_points: int
     samples = []
     for path in track(paths, progress, message=""):
         case = read_case(path)
-        image = preprocess(case, config["inputs"])
+        image = preprocess(case, config["inputs"], path if Path(path).is_dir() else None)
         labels, present = label_array(case, config["labels"])
         if factor > 1:
             image, labels = downsample(image, factor), downsample(labels, factor, is_label=True)

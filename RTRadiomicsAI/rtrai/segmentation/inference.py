@@ -56,19 +56,18 @@ def predict_probabilities(model, image: np.ndarray, config: dict, device=None) -
 
 def predict_array(model, image: np.ndarray, config: dict, device=None) -> np.ndarray:
     """(L, z, y, x) uint8 masks: probabilities, threshold, lateral consistency and largest components."""
-    from rtrai.segmentation.postprocess import postprocess
+    from rtrai.segmentation.postprocess import midline_x, postprocess
 
     settings = config.get("inference", {})
     masks = predict_probabilities(model, image, config, device) >= float(settings.get("threshold", 0.5))
-    return postprocess(masks, config["labels"], image[0], bool(settings.get("largest_component", True)))
+    return postprocess(masks, config["labels"], midline=midline_x(image[0]),
+                       largest=bool(settings.get("largest_component", True)))
 
 
 class Segmenter:
     """A loaded zoo model (by name, folder or manifest path) that segments cases."""
 
     def __init__(self, model: str = "hn-oar-ct", device: str = "auto"):
-        import torch
-
         from rtrai.models import load_state_dict, read_manifest
         from rtrai.segmentation.networks import build_network
 
@@ -83,7 +82,6 @@ class Segmenter:
             raise ModelError(f"model '{self.manifest['name']}': weights do not fit the network in its manifest "
                              f"({str(exc).splitlines()[0]})") from None
         self.network.eval().to(self.device)
-        torch.set_grad_enabled(False)
         self.localiser = None
         if self.manifest.get("localiser"):
             from pathlib import Path
@@ -111,9 +109,10 @@ class Segmenter:
         reference.SetDirection(image.GetDirection())
         return reference
 
-    def preprocess(self, case: Case) -> tuple[np.ndarray, sitk.Image, sitk.Image | None]:
-        """Model input (C, z, y, x), the oriented CT grid, and the working grid (None: the oriented grid itself)."""
-        images = [orient(i) for i in channel_images(case, self.inputs)]
+    def preprocess(self, case: Case, folder=None) -> tuple[np.ndarray, sitk.Image, sitk.Image | None]:
+        """Model input (C, z, y, x), the oriented CT grid, and the working grid (None: the oriented grid itself).
+        ``folder``: where extra input channels (``PET.nrrd`` ...) are, when not the folder the case came from."""
+        images = [orient(i) for i in channel_images(case, self.inputs, folder)]
         grid = self.working_grid(images[0])
         channels = []
         for spec, image in zip(self.inputs, images):
@@ -144,24 +143,27 @@ class Segmenter:
                                                          self.device)
         return out
 
-    def segment(self, case: Case) -> dict[str, sitk.Image]:
+    def segment(self, case: Case, folder=None) -> dict[str, sitk.Image]:
         """TG-263 name -> uint8 mask on the case's CT grid, for every label of the model (empty when not found)."""
-        from rtrai.segmentation.postprocess import postprocess
+        from rtrai.segmentation.postprocess import midline_x, postprocess
 
-        image, oriented, grid = self.preprocess(case)
+        image, oriented, grid = self.preprocess(case, folder)
         prob = self.probabilities(image)
-        if grid is not None:  # back to the oriented input grid, as probabilities (smoother than resampling masks)
-            resampled = []
-            for channel in prob:
+        threshold = float(self.manifest.get("inference", {}).get("threshold", 0.5))
+        midline = midline_x(image[0])
+        if grid is None:
+            masks = prob >= threshold
+        else:  # back to the input grid channel by channel as probabilities (smoother than resampling masks);
+            # thresholding each at once keeps a 512x512 CT at one byte per voxel and label
+            masks = np.zeros((len(self.labels),) + sitk.GetArrayViewFromImage(oriented).shape, dtype=np.uint8)
+            for i, channel in enumerate(prob):
                 p = sitk.GetImageFromArray(channel)
                 p.CopyInformation(grid)
-                resampled.append(sitk.GetArrayFromImage(sitk.Resample(p, oriented, sitk.Transform(),
-                                                                      sitk.sitkLinear, 0.0)))
-            prob = np.stack(resampled)
-            image = window(sitk.GetArrayFromImage(oriented), self.inputs[0]["window"])[None]
-        settings = self.manifest.get("inference", {})
-        masks = postprocess(prob >= float(settings.get("threshold", 0.5)), self.labels, image[0],
-                            bool(settings.get("largest_component", True)))
+                back = sitk.Resample(p, oriented, sitk.Transform(), sitk.sitkLinear, 0.0)
+                masks[i] = sitk.GetArrayViewFromImage(back) >= threshold
+            midline = midline * grid.GetSpacing()[0] / oriented.GetSpacing()[0]  # same origin, LPS axes
+        masks = postprocess(masks, self.labels, midline=midline,
+                            largest=bool(self.manifest.get("inference", {}).get("largest_component", True)))
         out = {}
         for name, mask in zip(self.labels, masks):
             result = sitk.GetImageFromArray(mask.astype(np.uint8))

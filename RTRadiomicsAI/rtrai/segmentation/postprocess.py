@@ -45,7 +45,8 @@ def lateral_consistency(masks: dict[str, np.ndarray], midline: float) -> dict[st
     return {k: v.astype(np.uint8) for k, v in out.items()}
 
 
-def postprocess(masks: np.ndarray, labels: list[str], image: np.ndarray, largest: bool = True) -> np.ndarray:
-    """Apply lateral consistency then (optionally) the largest component per label to (L, z, y, x) masks."""
-    named = lateral_consistency({name: masks[i] for i, name in enumerate(labels)}, midline_x(image))
+def postprocess(masks: np.ndarray, labels: list[str], midline: float, largest: bool = True) -> np.ndarray:
+    """Apply lateral consistency about ``midline`` (x index, see :func:`midline_x`) then (optionally) the largest
+    component per label to (L, z, y, x) masks."""
+    named = lateral_consistency({name: masks[i] for i, name in enumerate(labels)}, midline)
     return np.stack([largest_component(named[n]) if largest else named[n] for n in labels])

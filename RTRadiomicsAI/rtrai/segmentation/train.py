@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtrai.core import provenance
 from rtrai.core.errors import InputError
 from rtrai.core.outputs import atomic_file, write_text
 
@@ -59,10 +60,11 @@ def manifest_for(config: dict, data: str, step: int, metrics: dict | None = None
     }
 
 
-def train(data: str | os.PathLike, config: dict, workdir: str | os.PathLike, resume: bool = False,
-          max_steps: int | None = None, command: str | None = None, progress=None) -> Path:
+def train(data: str | os.PathLike, config: dict | None, workdir: str | os.PathLike, resume: bool = False,
+          max_steps: int | None = None, command: str | None = None, progress=None, steps: int | None = None) -> Path:
     """Train (or resume) in ``workdir``; returns the folder of the best model. ``max_steps`` stops a run early
-    (tests, chunks of a long training) without changing the schedule, which follows ``config['steps']``."""
+    (tests, chunks of a long training) without changing the schedule, which follows ``config['steps']``;
+    ``steps`` on a resumed run lengthens (or shortens) that schedule from where it is."""
     import torch
 
     import rtrai.models  # noqa: F401 - everything a long run needs later is imported now, so that code edited while
@@ -78,6 +80,9 @@ def train(data: str | os.PathLike, config: dict, workdir: str | os.PathLike, res
         if not (workdir / CHECKPOINT).is_file():
             raise InputError(f"nothing to resume: {workdir / CHECKPOINT} does not exist")
         config = json.loads((workdir / CONFIG).read_text(encoding="utf-8"))
+        if steps:
+            config["steps"] = int(steps)
+            write_text(workdir / CONFIG, json.dumps(config, indent=2) + "\n")
     elif (workdir / CHECKPOINT).is_file():
         raise InputError(f"{workdir} already holds a training run; use --resume to continue it or pick another folder")
     log = Logger(workdir / LOG)
@@ -97,6 +102,9 @@ def train(data: str | os.PathLike, config: dict, workdir: str | os.PathLike, res
     validation = _validation_samples(config, log)
     if not resume:
         write_text(workdir / CONFIG, json.dumps(config, indent=2) + "\n")
+    provenance.write(workdir, provenance.record("segment train", {"data": str(data), "resume": resume,
+                                                                  "max_steps": max_steps, "config": config},
+                                                seed=seed, extra={"command_line": command}))
 
     n_in, n_out = len(config["inputs"]), len(config["labels"])
     model = build_network(config["network"], n_in, n_out)
@@ -218,3 +226,14 @@ def _export(model, folder: Path, config: dict, data: str, step: int, scores: dic
 
 def main_command() -> str:
     return " ".join(["rtrai"] + sys.argv[1:])
+
+
+def export(model_folder: str | os.PathLike, destination: str | os.PathLike, metrics: dict | None = None) -> Path:
+    """Copy a trained model into a zoo folder (checksum re-computed), replacing its metrics when given
+    (e.g. the evaluation on the whole validation set rather than the cases used for selection)."""
+    from rtrai.models import load_state_dict, read_manifest, write_model
+
+    manifest = read_manifest(model_folder)
+    if metrics is not None:
+        manifest["metrics"] = metrics
+    return write_model(destination, load_state_dict(manifest), manifest)

@@ -1,0 +1,137 @@
+"""``rtrai dose train`` and ``rtrai dose predict`` (evaluation commands: ``evaluation_commands``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rtrai.core.commands import nested
+
+FORMATS = ("nrrd", "openkbp", "dicom")
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def register(sub) -> None:
+    dose = nested(sub, "dose", "dose prediction and evaluation")
+    p = dose.add_parser("predict", help="predict the 3D dose of a case (or a folder of patients)",
+                        description="Writes OUT/Dose.nrrd (Gy, CT geometry, zero outside the possible-dose region), "
+                                    "OpenKBP OUT/<patient>/dose.csv, or an RTDOSE, plus provenance.json.")
+    p.add_argument("input", metavar="INPUT", help="case folder, OpenKBP patient, DICOM folder or folder of patients")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--model", default="hn-dose-openkbp", help="zoo model name or model folder")
+    p.add_argument("--format", default="nrrd", choices=FORMATS, dest="fmt")
+    p.add_argument("--prescription", help="target prescriptions, e.g. PTV70=70,PTV56=56 (default: from the case)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=run_predict)
+
+    t = dose.add_parser("train", help="train a dose-prediction model (background-friendly, resumable)")
+    t.add_argument("--data", required=True, help="folder of training patients with doses")
+    t.add_argument("--config", required=True, help="YAML config file or shipped name (hn-dose-openkbp)")
+    t.add_argument("-o", "--output", required=True, metavar="WORKDIR",
+                   help="checkpoint.pt, train.log and the exported model in WORKDIR/model/")
+    t.add_argument("--validation", help="validation patients for model selection")
+    t.add_argument("--resume", action="store_true", help="continue from WORKDIR/checkpoint.pt")
+    t.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes")
+    t.set_defaults(func=run_train)
+
+
+def load_config(name_or_path: str) -> dict:
+    import yaml
+
+    from rtrai.core.errors import InputError
+
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = CONFIGS / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise InputError(f"dose config not found: {name_or_path} (shipped: "
+                         f"{', '.join(p.stem for p in sorted(CONFIGS.glob('*.yaml')))})")
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    from rtrai.dose.prediction import DEFAULT_CONFIG
+
+    unknown = set(config) - set(DEFAULT_CONFIG) - {"name", "validation_cases"}
+    if unknown:
+        raise InputError(f"{path}: unknown config keys {sorted(unknown)}")
+    return config
+
+
+def parse_prescription(text: str | None) -> dict[str, float]:
+    from rtrai.core.errors import InputError
+    from rtrai.core.structures import to_tg263
+
+    out = {}
+    for item in filter(None, (text or "").split(",")):
+        name, _, value = item.partition("=")
+        try:
+            out[to_tg263(name)] = float(value)
+        except ValueError:
+            raise InputError(f"--prescription: '{item}' is not NAME=GY") from None
+    return out
+
+
+def run_train(args) -> int:
+    from rtrai.dose.prediction import export_model, train
+
+    config = load_config(args.config)
+    workdir = Path(args.output)
+    result = train(Path(args.data), workdir, config, Path(args.validation) if args.validation else None,
+                   resume=args.resume, max_minutes=args.max_minutes)
+    manifest = export_model(workdir, config, result, command=" ".join(["rtrai", *sys.argv[1:]]))
+    print(f"trained to step {result['step']}; model written to {manifest.parent}")
+    return 0
+
+
+def run_predict(args) -> int:
+    from rtrai.core import provenance
+    from rtrai.core.errors import InputError, RTRAIError
+    from rtrai.core.outputs import output_folder
+    from rtrai.core.progress import default, track
+    from rtrai.dose.prediction import DosePredictor
+    from rtrai.io.case_io import input_kind, list_cases
+
+    predictor = DosePredictor(args.model, args.device)
+    prescription = parse_prescription(args.prescription)
+    source, out = Path(args.input), Path(args.output)
+    try:
+        input_kind(source)
+        jobs = [(source, out)]
+    except InputError:
+        patients = list_cases(source) if source.is_dir() else []
+        if not patients:
+            raise
+        jobs = [(p, out / p.name) for p in patients]
+    failures = []
+    for path, target in track(jobs, default("Predicting dose") if len(jobs) > 1 else None, message=""):
+        try:
+            case = predictor.read(path, prescription)
+            case.dose = predictor.predict(case)
+            with output_folder(target) as tmp:
+                written = _write(case, tmp, args.fmt)
+                provenance.write(tmp, provenance.record("dose predict", {"format": args.fmt,
+                                                                         "prescription": case.prescription},
+                                                        inputs=[path], models=[predictor.model_info],
+                                                        extra={"written": written}))
+        except RTRAIError as exc:
+            if len(jobs) == 1:
+                raise
+            failures.append(f"{path.name}: {exc}")
+    for line in failures:
+        print(f"rtrai: error: {line}", file=sys.stderr)
+    print(f"predicted {len(jobs) - len(failures)} of {len(jobs)} into {out}")
+    return 2 if failures else 0
+
+
+def _write(case, folder: Path, fmt: str) -> list[str]:
+    if fmt == "nrrd":
+        from rtrai.io.images import write_image
+
+        write_image(case.dose, folder / "Dose.nrrd")
+        return ["Dose.nrrd"]
+    if fmt == "openkbp":
+        from rtrai.io.openkbp import write_openkbp
+
+        return [p.name for p in write_openkbp(case, folder, what=("dose",))]
+    from rtrai.io.dicomrt import write_dicom_case
+
+    write_dicom_case(case, folder)
+    return sorted(p.name for p in folder.iterdir())

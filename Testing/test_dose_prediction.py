@@ -1,0 +1,105 @@
+"""Dose prediction: input encoding, a tiny training run with resume, export by checksum, and ``rtrai dose predict``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from rtrai import cli
+from rtrai.core.errors import InputError, ModelError
+from rtrai.dose import prediction
+from rtrai.io.case_io import write_case
+from rtrai.phantom import make_phantom
+
+TINY = {"network": {"type": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+        "patch": [32, 32, 32], "batch": 1, "steps": 12, "validate_every": 6, "validation_cases": 1, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dose")
+    for seed in (0, 1):
+        case = make_phantom(seed=seed, size=(64, 64, 48), spacing=(7.0, 7.0, 5.0))
+        write_case(case, folder / "patients" / f"p{seed}")
+    return folder
+
+
+def test_inputs_encode_targets_by_prescription_and_flip_swaps_parotids():
+    case = make_phantom(seed=0, size=(64, 64, 48), spacing=(7.0, 7.0, 5.0))
+    x = prediction.encode_inputs(case)
+    assert x.shape == (len(prediction.CHANNELS), 48, 64, 64)
+    targets = x[prediction.CHANNELS.index("Targets")]
+    ptv70 = sitk.GetArrayViewFromImage(case.structures["PTV70"]) > 0
+    ptv56 = sitk.GetArrayViewFromImage(case.structures["PTV56"]) > 0
+    assert np.all(targets[ptv70] == 1.0) and np.allclose(targets[ptv56], 56 / 70)
+    left, right = prediction.OARS.index("Parotid_L") + 1, prediction.OARS.index("Parotid_R") + 1
+    assert prediction.FLIP_PAIRS == ((left, right),)
+    rng = np.random.default_rng(0)
+    noise = rng.random(x.shape).astype(np.float16)  # asymmetric content, so a flip is always visible
+    noise[-1] = 1
+    item = {"x": noise, "y": np.zeros(x.shape[1:], np.float16)}
+    flips = 0
+    for _ in range(20):  # whole-volume patches: each draw is the volume itself, flipped or not
+        xp, _ = prediction._sample([item], rng, (48, 64, 64), 1)
+        if np.array_equal(xp[0, 0], noise[0][..., ::-1].astype(np.float32)):
+            flips += 1
+            np.testing.assert_array_equal(xp[0, left], noise[right][..., ::-1].astype(np.float32))
+            np.testing.assert_array_equal(xp[0, right], noise[left][..., ::-1].astype(np.float32))
+        else:
+            np.testing.assert_array_equal(xp[0, left], noise[left].astype(np.float32))
+    assert 0 < flips < 20
+
+
+def test_case_without_target_or_prescription_is_refused():
+    case = make_phantom(seed=0, size=(64, 64, 48), spacing=(7.0, 7.0, 5.0))
+    mask = case.structures.pop("PTV70")
+    case.structures.pop("PTV56")
+    with pytest.raises(InputError, match="no target"):
+        prediction.encode_inputs(case)
+    case.add_structure("PTV_boost", mask, keep_name=True)
+    with pytest.raises(InputError, match="no prescription"):
+        prediction.encode_inputs(case)
+
+
+def test_tiny_training_resumes_exports_and_predicts(cohort, tmp_path, capsys):
+    work = tmp_path / "work"
+    first = prediction.train(cohort / "patients", work, {**TINY, "steps": 12}, cohort / "patients",
+                             max_minutes=None)
+    assert first["step"] == 12 and [h["step"] for h in first["history"]] == [6, 12]
+    assert "resumed" not in (work / "train.log").read_text()
+    # Resume the same run for more steps: the step counter and history continue.
+    again = prediction.train(cohort / "patients", work, {**TINY, "steps": 18}, cohort / "patients", resume=True)
+    assert again["step"] == 18 and len(again["history"]) == 3
+    assert "resumed at step 12" in (work / "train.log").read_text()
+    manifest_path = prediction.export_model(work, {**TINY, "name": "tiny-dose"}, again, command="test")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["task"] == "dose" and len(manifest["sha256"]) == 64
+
+    out = tmp_path / "pred"
+    assert cli.main(["dose", "predict", str(cohort / "patients" / "p1"), "--model", str(manifest_path.parent),
+                     "-o", str(out)]) == 0
+    dose = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "Dose.nrrd")))
+    body = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / "patients" / "p1" / "PossibleDoseMask.nrrd"))) > 0
+    assert dose.shape == body.shape and np.all(dose[~body] == 0) and np.all(dose >= 0)
+    assert json.loads((out / "provenance.json").read_text())["models"][0]["sha256"] == manifest["sha256"]
+
+    # A changed weights file is refused by checksum.
+    shutil.copytree(manifest_path.parent, tmp_path / "tampered")
+    weights = tmp_path / "tampered" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ModelError, match="checksum"):
+        prediction.DosePredictor(str(tmp_path / "tampered"))
+    capsys.readouterr()
+    assert cli.main(["dose", "predict", str(cohort / "patients" / "p1"), "--model", str(tmp_path / "tampered"),
+                     "-o", str(tmp_path / "nope")]) == 2
+    assert "checksum" in capsys.readouterr().err and not (tmp_path / "nope").exists()
+
+
+def test_unknown_model_exits_2(cohort, tmp_path, capsys):
+    code = cli.main(["dose", "predict", str(cohort / "patients" / "p0"), "--model", "no-such-model",
+                     "-o", str(tmp_path / "o")])
+    assert code == 2 and "unknown model" in capsys.readouterr().err
