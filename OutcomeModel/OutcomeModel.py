@@ -28,7 +28,7 @@ class OutcomeModel(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "OutcomeModel"
-        self.parent.categories = ["Radiotherapy AI"]
+        self.parent.categories = ["Radiotherapy"]
         self.parent.dependencies = []
         self.parent.contributors = ["RTRadiomicsAI contributors"]
         self.parent.helpText = (
