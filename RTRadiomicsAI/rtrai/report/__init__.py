@@ -1,0 +1,1 @@
+"""Reports: figures and (later) the HTML page of a case."""
