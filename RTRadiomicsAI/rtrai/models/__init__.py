@@ -103,6 +103,7 @@ def write_model(folder: str | os.PathLike, state_dict: dict, manifest: dict, hal
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
     with atomic_file(weights) as tmp:
         save_file(tensors, str(tmp))
+        tmp.chmod(0o644)  # safetensors recreates the file with 0600; a shipped model is meant to be read by all
     manifest = {k: v for k, v in manifest.items() if k != "folder"}
     manifest.update(weights=weights.name, sha256=sha256_file(weights))
     return write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")

@@ -48,6 +48,9 @@ def register(sub) -> None:
     ev.add_argument("--ref", required=True)
     ev.add_argument("-o", "--output", required=True)
     ev.add_argument("--tolerance", type=float, default=2.0, help="surface DSC tolerance in mm (default 2)")
+    ev.add_argument("--structures", nargs="+", metavar="NAME",
+                    help="structures to score (default: those in both; with this list a structure the prediction "
+                         "lacks scores DSC 0)")
     ev.set_defaults(func=run_evaluate)
 
 
@@ -211,7 +214,8 @@ def run_evaluate(args) -> int:
                 raise GeometryError(f"{p}: {exc}") from None
         arrays = lambda c: {n: sitk.GetArrayFromImage(m) for n, m in c.structures.items()}  # noqa: E731
         spacing = tuple(reversed(grid_ref.GetSpacing()))
-        for row in evaluate(arrays(predicted), arrays(reference), spacing, args.tolerance):
+        names = args.structures or sorted(set(predicted.structures) & set(reference.structures))
+        for row in evaluate(arrays(predicted), arrays(reference), spacing, args.tolerance, names):
             rows.append({"patient": reference.patient_id, **row})
     columns = ["patient", "structure", "dsc", "hd95_mm", "msd_mm", "surface_dsc", "volume_pred_voxels",
                "volume_ref_voxels"]
