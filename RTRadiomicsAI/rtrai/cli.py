@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "rtrai.io.dicom_commands",
     "rtrai.radiomics.commands",
     "rtrai.outcome.commands",
+    "rtrai.segmentation.commands",
     "rtrai.dose.commands",
     "rtrai.dose.evaluation_commands",
     "rtrai.demo",

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from rtrai.core.commands import nested
+
 FORMATS = ("nrrd", "openkbp", "dicom")
 
 
@@ -39,7 +41,7 @@ def register(sub) -> None:
     train.add_argument("--steps", type=int, help="total steps of the schedule (overrides the config)")
     seg.set_defaults(func=run_segment)
 
-    evaluate = _evaluate_subparsers(sub)
+    evaluate = nested(sub, "evaluate", "evaluate predictions against references", metavar="WHAT")
     ev = evaluate.add_parser("segmentation", help="DSC, HD95, mean surface distance and surface DSC per structure",
                              description="Compare predicted structures with reference ones (case folders, OpenKBP "
                                          "patients or .seg.nrrd files on the same grid, or folders of patients "
@@ -52,17 +54,6 @@ def register(sub) -> None:
                     help="structures to score (default: those in both; with this list a structure the prediction "
                          "lacks scores DSC 0)")
     ev.set_defaults(func=run_evaluate)
-
-
-def _evaluate_subparsers(sub):
-    """The sub-commands of ``rtrai evaluate``, shared with other capabilities (``evaluate dose`` ...)."""
-    parser = sub.choices.get("evaluate")
-    if parser is None:
-        parser = sub.add_parser("evaluate", help="evaluate predictions against references")
-    for action in parser._actions:  # noqa: SLF001 - argparse offers no public way to reach existing sub-parsers
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
-            return action
-    return parser.add_subparsers(dest="evaluate_what", metavar="WHAT", required=True)
 
 
 def run_segment(args) -> int:

@@ -14,22 +14,11 @@ import SimpleITK as sitk
 
 from rtrai.core.case import Case
 from rtrai.core.errors import InputError, ModelError
+from rtrai.models.device import pick_device
 from rtrai.segmentation.data import channel_images, check_intensities, downsample, orient, window
 
 MIN_VOXELS = 16  # per axis, on the model's grid: less cannot hold an organ at the model's resolution
 SPACING_SLACK = 1.25  # how far outside the training spacings an image is still segmented without resampling
-
-
-def pick_device(device: str = "auto"):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but torch sees no CUDA device")
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"unknown device '{device}'; use auto, cpu or cuda")
-    return torch.device(device)
 
 
 def predict_probabilities(model, image: np.ndarray, config: dict, device=None) -> np.ndarray:

@@ -70,6 +70,7 @@ def train(data: str | os.PathLike, config: dict | None, workdir: str | os.PathLi
     import rtrai.models  # noqa: F401 - everything a long run needs later is imported now, so that code edited while
     import rtrai.segmentation.inference  # noqa: F401 - it trains cannot break its validations and exports
     import rtrai.segmentation.metrics  # noqa: F401
+    import rtrai.segmentation.postprocess  # noqa: F401
     from rtrai.segmentation.data import augmentation, case_paths, load_samples, PatchSampler
     from rtrai.segmentation.losses import masked_bce_dice
     from rtrai.segmentation.networks import build_network, init_output_bias
