@@ -8,20 +8,28 @@ a QTimer on the main thread, with progress and Cancel; MRML is touched on the ma
 from __future__ import annotations
 
 import json
+import pathlib
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
 import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, Default, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
 PRESETS = ("CT", "MR", "dose", "parameter file")
 MODELS = ("default", "lasso-cox", "cox", "lasso-logistic", "svm", "rf", "mlp")
+
+
+def _chosen(path) -> str:
+    """A path parameter as text, or "" when none was chosen (an unset pathlib.Path parameter reads as ".")."""
+    text = str(path or "")
+    return "" if text in ("", ".") else text
 
 
 class OutcomeModel(ScriptedLoadableModule):
@@ -44,18 +52,18 @@ class OutcomeModelParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     inputSegmentation: vtkMRMLSegmentationNode
     segmentNames: str = ""
-    preset: str = "CT"
-    paramsFile: str = ""
+    preset: Annotated[str, Choice(PRESETS), Default("CT")]  # a bound QComboBox needs its choices
+    paramsFile: pathlib.Path  # ctkPathLineEdit binds to pathlib.Path only
     jobs: int = 2
     featureTable: vtkMRMLTableNode
     modelTable: vtkMRMLTableNode
-    clinicalFile: str = ""
+    clinicalFile: pathlib.Path
     idColumn: str = "ID"
     timeColumn: str = ""
     eventColumn: str = ""
     labelColumn: str = ""
-    modelKind: str = "default"
-    modelFolder: str = ""
+    modelKind: Annotated[str, Choice(MODELS), Default("default")]
+    modelFolder: pathlib.Path
 
 
 class OutcomeModelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -159,7 +167,7 @@ class OutcomeModelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Could not start the feature extraction.", waitCursor=True):
             job, finish = self.logic.startRadiomics(
                 p.inputVolume, p.inputSegmentation, [s.strip() for s in p.segmentNames.split(",") if s.strip()],
-                p.preset, p.paramsFile, p.jobs, p.featureTable)
+                p.preset, _chosen(p.paramsFile), p.jobs, p.featureTable)
 
             def done():
                 p.featureTable = finish()
@@ -172,8 +180,8 @@ class OutcomeModelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onFit(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not start the model fit.", waitCursor=True):
-            folder = Path(p.modelFolder or tempfile.mkdtemp(prefix="OutcomeModel-"))
-            fitJob = self.logic.startFit(p.modelTable, p.clinicalFile, p.idColumn, p.timeColumn, p.eventColumn,
+            folder = Path(_chosen(p.modelFolder) or tempfile.mkdtemp(prefix="OutcomeModel-"))
+            fitJob = self.logic.startFit(p.modelTable, _chosen(p.clinicalFile), p.idColumn, p.timeColumn, p.eventColumn,
                                          p.labelColumn, p.modelKind, folder)
 
             def evaluate():

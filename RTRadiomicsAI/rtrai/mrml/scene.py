@@ -134,7 +134,7 @@ def scene_to_case(scene=None, *, ct=None, structures=None, dose=None, possible_d
         for name, (mask, color) in segmentation_to_masks(nodes["structures"], grid).items():
             case.add_structure(name, mask, color=color)
     if "dose" in nodes:
-        case.dose = _dose_in_gy(nodes["dose"])
+        case.dose = dose_node_in_gy(nodes["dose"])
     if "possible_dose_mask" in nodes:
         case.possible_dose_mask = sitk.Cast(volume_node_to_image(nodes["possible_dose_mask"]) != 0, sitk.sitkUInt8)
     _read_study_attributes(case, nodes)
@@ -202,7 +202,8 @@ def _nodes(scene, class_name: str) -> list:
     return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
 
 
-def _dose_in_gy(node) -> sitk.Image:
+def dose_node_in_gy(node) -> sitk.Image:
+    """The voxels of a dose volume in Gy (SlicerRT's cGy converted through its study's dose unit)."""
     dose = sitk.Cast(volume_node_to_image(node), sitk.sitkFloat32)
     unit = slicerrt.study_attribute(node, slicerrt.DOSE_UNIT_NAME_ATTRIBUTE)
     if unit is None:
