@@ -1,9 +1,11 @@
-"""RTRadiomicsAI hub module: settings, Python dependencies and case loading for the whole extension.
+"""RTRadiomicsAI hub module: settings, Python dependencies, case loading and the end-to-end workflow.
 
 The work itself lives in the Qt-free library ``rtrai`` (shipped beside this file); this module only connects it to
 Slicer: it keeps the application-wide settings (compute device, model cache folder), lists the optional Python
-packages and installs the missing ones when the user asks, and brings a case (OpenKBP folder, NRRD/NIfTI file,
-DICOM folder, or a case folder written by ``rtrai convert``) into the scene through ``rtrai.mrml``.
+packages and installs the missing ones when the user asks, brings a case (OpenKBP folder, NRRD/NIfTI file, DICOM
+folder, or a case folder written by ``rtrai convert``) into the scene through ``rtrai.mrml``, and runs the workflow
+(load, AutoSegment, DosePredict, DVH, radiomics, outcome, report: ``rtrai.pipeline``) as ``rtrai run`` in a
+background process with progress and cancel, then loads its results into the scene (``rtrai.pipeline.load_results``).
 """
 
 import importlib
@@ -86,6 +88,9 @@ them.<br>
 (PyTorch through the PyTorch extension).<br>
 <b>Load case</b>: brings an OpenKBP patient folder, a NRRD/NIfTI image, a DICOM CT folder or a case folder written by
 <code>rtrai convert</code> into the scene, with structures as a segmentation and dose as a dose volume.<br>
+<b>Workflow</b>: runs the case end to end (AutoSegment, DosePredict, DVH and constraints, radiomics, outcome model,
+HTML report) in a background process, shows each step's status, and loads the results into the scene. <i>Run demo</i>
+does the same on the built-in synthetic phantom.<br>
 The same library runs outside Slicer: <code>pip install rtradiomicsai</code>, then <code>rtrai --help</code>.
 """
         self.parent.acknowledgementText = """
@@ -108,12 +113,18 @@ class RTRadiomicsAIParameterNode:
 
     device - where models run: "auto" (CUDA when available), "cpu" or "cuda".
     modelCacheFolder - where downloaded model weights are kept.
-    casePath - the file or folder that "Load case" reads.
+    casePath - the file or folder that "Load case" and the workflow read.
+    outputFolder - where the workflow writes its results (empty: a folder named after the case).
+    outcomeModelFolder - an outcome model folder for the workflow's outcome step (optional).
+    keepStructures - use the case's own structures instead of AutoSegment's.
     """
 
     device: Annotated[str, Choice(DEVICES), Default("auto")]
     modelCacheFolder: Path
     casePath: Path
+    outputFolder: Path
+    outcomeModelFolder: Path
+    keepStructures: bool = False
 
 
 #
@@ -130,6 +141,12 @@ class RTRadiomicsAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._job = None
+        self._jobOutput = None
+        self._steps = []
+        self._timer = qt.QTimer()
+        self._timer.setInterval(250)
+        self._timer.timeout.connect(self._pollWorkflow)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -148,11 +165,18 @@ class RTRadiomicsAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installPackagesButton.connect("clicked(bool)", self.onInstallPackages)
         self.ui.chooseCaseFolderButton.connect("clicked(bool)", self.onChooseCaseFolder)
         self.ui.loadCaseButton.connect("clicked(bool)", self.onLoadCase)
+        self.ui.runAllButton.connect("clicked(bool)", self.onRunAll)
+        self.ui.runDemoButton.connect("clicked(bool)", self.onRunDemo)
+        self.ui.cancelWorkflowButton.connect("clicked(bool)", self.onCancelWorkflow)
+        self.ui.loadResultsButton.connect("clicked(bool)", self.onLoadResults)
+        self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
 
         self.initializeParameterNode()
         self.updatePackageTable()
+        self.showSteps(self.logic.emptySteps())
 
     def cleanup(self) -> None:
+        self.onCancelWorkflow()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -192,6 +216,12 @@ class RTRadiomicsAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadCaseButton.enabled = canLoad
         self.ui.loadCaseButton.toolTip = ("Read the case and add it to the scene." if canLoad
                                           else "Choose an existing file or folder first.")
+        idle = self._job is None
+        self.ui.runAllButton.enabled = canLoad and idle
+        self.ui.runDemoButton.enabled = idle
+        output = self.logic.outputFolderFor(self._parameterNode)
+        self.ui.loadResultsButton.enabled = idle and output is not None and (output / "provenance.json").is_file()
+        self.ui.openReportButton.enabled = output is not None and (output / "report.html").is_file()
 
     # -- Python packages ---------------------------------------------------------------------------------------
     def updatePackageTable(self) -> None:
@@ -238,6 +268,102 @@ class RTRadiomicsAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.logic.showCase(loaded)
         self.ui.caseSummaryLabel.text = self.logic.describeCase(loaded)
+
+    # -- Workflow ----------------------------------------------------------------------------------------------
+    def showSteps(self, steps) -> None:
+        """Fill the steps table from ``[{"title", "status", "seconds", "summary", "reason"}, ...]``."""
+        table = self.ui.workflowStepsTable
+        table.setRowCount(len(steps))
+        colours = {"done": "darkgreen", "skipped": "darkorange", "running": "royalblue", "failed": "darkred",
+                   "cancelled": "darkred"}
+        for row, step in enumerate(steps):
+            seconds = step.get("seconds")
+            texts = (step["title"], step["status"], f"{seconds:.1f}" if seconds else "",
+                     step.get("reason") or step.get("summary") or "")
+            for column, text in enumerate(texts):
+                item = qt.QTableWidgetItem(text)
+                item.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)
+                if column == 1 and step["status"] in colours:
+                    item.setForeground(qt.QBrush(qt.QColor(colours[step["status"]])))
+                if column == 3:
+                    item.setToolTip(text)
+                table.setItem(row, column, item)
+        table.resizeColumnsToContents()
+
+    def onRunAll(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Could not start the workflow.", waitCursor=True):
+            output = self.logic.outputFolderFor(p)
+            job = self.logic.startWorkflow(p.casePath, output, keepStructures=p.keepStructures,
+                                           outcomeModel=self._optionalPath(p.outcomeModelFolder))
+            self._startJob(job, output)
+
+    def onRunDemo(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not start the demo.", waitCursor=True):
+            output = self.logic.outputFolderFor(self._parameterNode, demo=True)
+            self._startJob(self.logic.startDemo(output), output)
+
+    @staticmethod
+    def _optionalPath(path):
+        return None if str(path) in ("", ".") else Path(path)
+
+    def _startJob(self, job, output) -> None:
+        self._job, self._jobOutput = job, Path(output)
+        self._steps = self.logic.emptySteps()
+        self.showSteps(self._steps)
+        self.ui.workflowProgressBar.value = 0
+        self.ui.workflowStatusLabel.text = f"Running into {output} ..."
+        self.ui.cancelWorkflowButton.enabled = True
+        self._refreshButtons()
+        self._timer.start()
+
+    def _pollWorkflow(self) -> None:
+        update = self._job.poll()
+        self.ui.workflowProgressBar.value = int(round(100 * update.fraction))
+        if update.message:
+            self.ui.workflowStatusLabel.text = update.message
+            self._steps = self.logic.stepsFromMessage(update.message, self._steps)
+            self.showSteps(self._steps)
+        if not update.finished:
+            return
+        self._timer.stop()
+        job, output = self._job, self._jobOutput
+        self._job = None
+        self.ui.cancelWorkflowButton.enabled = False
+        if update.state == "succeeded":
+            self.ui.workflowStatusLabel.text = f"Done: results in {output}."
+            with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
+                self._showResults(self.logic.loadResults(output))
+        elif update.state == "cancelled":
+            self.showSteps([{**s, "status": "cancelled"} if s["status"] in ("pending", "running") else s
+                            for s in self._steps])
+            self.ui.workflowStatusLabel.text = "Cancelled: nothing was written."
+        else:
+            self.ui.workflowStatusLabel.text = job.last_error or "The background process failed."
+            slicer.util.errorDisplay(self.ui.workflowStatusLabel.text, detailedText="\n".join(job.log[-50:]))
+        self._refreshButtons()
+
+    def onCancelWorkflow(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+
+    def onLoadResults(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
+            self._showResults(self.logic.loadResults(self.logic.outputFolderFor(self._parameterNode)))
+
+    def _showResults(self, loaded: dict) -> None:
+        self.showSteps(loaded["steps"])
+        self.logic.showCase(loaded)
+        self.ui.caseSummaryLabel.text = self.logic.describeCase(loaded)
+        self._refreshButtons()
+
+    def _refreshButtons(self) -> None:
+        if self._parameterNode:
+            self._onParameterNodeModified()
+
+    def onOpenReport(self) -> None:
+        report = self.logic.outputFolderFor(self._parameterNode) / "report.html"
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(report)))
 
 
 #
@@ -385,6 +511,93 @@ class RTRadiomicsAILogic(ScriptedLoadableModuleLogic):
 
         return Job.rtrai(*args, env=self.jobEnvironment())
 
+    # -- workflow ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def outputFolderFor(parameterNode, demo: bool = False):
+        """The workflow's output folder: the chosen one, else ``<scene folder>/RTRadiomicsAI/<case name>`` (or
+        ``.../demo-output`` for the demo); None when there is neither a folder nor a case."""
+        if parameterNode is None:
+            return None
+        chosen = str(parameterNode.outputFolder)
+        if chosen not in ("", "."):
+            return Path(chosen)
+        case = str(parameterNode.casePath)
+        name = "demo-output" if demo else (Path(case).name if case not in ("", ".") else "")
+        if not name:
+            return None
+        return Path(slicer.app.defaultScenePath) / "RTRadiomicsAI" / name.replace(".", "_")
+
+    @staticmethod
+    def workflowArguments(casePath, outputFolder, keepStructures: bool = False, outcomeModel=None,
+                          device: str | None = None) -> list:
+        """The ``rtrai run`` arguments of the workflow (the command line a user can repeat outside Slicer)."""
+        args = ["run", str(casePath), "-o", str(outputFolder)]
+        if keepStructures:
+            args.append("--keep-structures")
+        if outcomeModel:
+            args += ["--outcome-model", str(outcomeModel)]
+        if device:
+            args += ["--device", device]
+        return args
+
+    def startWorkflow(self, casePath, outputFolder, keepStructures: bool = False, outcomeModel=None):
+        """Start ``rtrai run`` on the case in a background process; returns the started job."""
+        if str(casePath) in ("", ".") or not os.path.exists(str(casePath)):
+            raise ValueError("Choose an existing case (file or folder) first.")
+        if outputFolder is None:
+            raise ValueError("Choose an output folder.")
+        if outcomeModel is not None and not Path(outcomeModel).exists():
+            raise ValueError(f"Outcome model folder not found: {outcomeModel}")
+        args = self.workflowArguments(casePath, outputFolder, keepStructures, outcomeModel,
+                                      os.environ.get(ENV_DEVICE, "auto"))
+        logging.info("RTRadiomicsAI: rtrai " + " ".join(args))
+        return self.backgroundJob(*args).start()
+
+    def startDemo(self, outputFolder):
+        """Start ``rtrai demo`` (the synthetic phantom end to end) in a background process."""
+        if outputFolder is None:
+            raise ValueError("Choose an output folder.")
+        return self.backgroundJob("demo", "-o", str(outputFolder), "--device",
+                                  os.environ.get(ENV_DEVICE, "auto")).start()
+
+    @staticmethod
+    def emptySteps() -> list:
+        from rtrai.pipeline import STEP_TITLES, STEPS
+
+        return [{"name": n, "title": STEP_TITLES[n], "status": "pending", "seconds": None, "summary": "",
+                 "reason": ""} for n in STEPS]
+
+    @staticmethod
+    def stepsFromMessage(message: str, steps: list) -> list:
+        """Step statuses while a run goes on, from its progress message (``"<step>: ..."``, ``"<step>: done"``):
+        the step named is running (or done/skipped when the message says so) and the steps before it finished
+        (their final status comes from provenance.json when the run ends)."""
+        name, _, rest = message.partition(":")
+        names = [s["name"] for s in steps]
+        if name not in names:
+            return steps
+        index = names.index(name)
+        out = []
+        for i, step in enumerate(steps):
+            step = dict(step)
+            if i < index and step["status"] in ("pending", "running"):
+                step["status"] = "finished"
+            elif i == index:
+                word = rest.strip()
+                step["status"] = word if word in ("done", "skipped") else "running"
+            out.append(step)
+        return out
+
+    @staticmethod
+    def loadResults(outputFolder, scene=None) -> dict:
+        """Load a run's output folder into the scene (``rtrai.pipeline.load_results``): CT, structures, dose,
+        tables (workflow steps, DVH constraints and metrics, radiomics features), and the steps' statuses."""
+        from rtrai.pipeline import load_results
+
+        loaded = load_results(Path(outputFolder), scene or slicer.mrmlScene)
+        logging.info(f"RTRadiomicsAI: loaded the results in {outputFolder}")
+        return loaded
+
 
 def _slicerPackaging():
     """``slicer.packaging`` (Slicer >= 5.12) or None. Imported by name so that ``slicer`` stays the global."""
@@ -430,8 +643,13 @@ class RTRadiomicsAITest(ScriptedLoadableModuleTest):
 
         # The package table lists every optional package and "Load case" waits for an existing path.
         from rtrai.core.dependencies import PACKAGES
+        from rtrai.pipeline import STEPS
 
         self.assertEqual(widget.ui.packagesTable.rowCount, len(PACKAGES))
         parameterNode.casePath = Path(slicer.app.temporaryPath) / "does-not-exist"
         self.assertFalse(widget.ui.loadCaseButton.enabled)
+        # The workflow lists every step and waits for an existing case too.
+        self.assertEqual(widget.ui.workflowStepsTable.rowCount, len(STEPS))
+        self.assertFalse(widget.ui.runAllButton.enabled)
+        self.assertTrue(widget.ui.runDemoButton.enabled)
         self.delayDisplay("Test passed")

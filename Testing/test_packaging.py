@@ -217,9 +217,9 @@ def test_ui_parses_and_binds_only_known_parameters(ui):
 def test_the_hub_panel_binds_the_settings_and_has_its_sections():
     root = ET.parse(REPO / "RTRadiomicsAI" / "Resources" / "UI" / "RTRadiomicsAI.ui").getroot()
     bound = {p.findtext("string") for p in root.iter("property") if p.get("name") == "SlicerParameterName"}
-    assert bound == {"device", "modelCacheFolder", "casePath"}
+    assert bound == {"device", "modelCacheFolder", "casePath", "outputFolder", "outcomeModelFolder", "keepStructures"}
     sections = [w.findtext("property/string") for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"]
-    assert sections == ["Settings", "Python packages", "Load case"]
+    assert sections == ["Settings", "Python packages", "Load case", "Workflow"]
 
 
 # -- import arrows --------------------------------------------------------------------------------------------

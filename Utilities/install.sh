@@ -4,9 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
-# Debian tools the tests use: dciodvfy (dicom3tools) validates the DICOM-RT we write.
+# Debian tools the tests use: dciodvfy (dicom3tools) validates the DICOM-RT we write; headless Chromium opens the
+# HTML report in a real browser (Testing/test_pipeline.py).
 missing=()
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

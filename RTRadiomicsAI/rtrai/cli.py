@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "rtrai.segmentation.commands",
     "rtrai.dose.commands",
     "rtrai.dose.evaluation_commands",
+    "rtrai.pipeline",
     "rtrai.demo",
 )
 

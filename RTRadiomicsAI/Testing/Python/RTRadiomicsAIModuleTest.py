@@ -29,7 +29,7 @@ class RTRadiomicsAIModuleTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         for test in (self.test_LoadCaseFolder, self.test_RefusedInputAddsNothing, self.test_SettingsReachJobs,
-                     self.test_PackageStatus):
+                     self.test_PackageStatus, self.test_WorkflowStepsFromMessages, self.test_WorkflowRunsAndLoads):
             self.setUp()
             try:
                 test()
@@ -123,3 +123,43 @@ class RTRadiomicsAIModuleTest(ScriptedLoadableModuleTest):
         # Slicer itself ships these, so they must be reported as present.
         present = {s.package.module for s in status if s.present}
         self.assertTrue({"SimpleITK", "pydicom"} <= present, present)
+
+    def test_WorkflowStepsFromMessages(self):
+        logic = RTRadiomicsAILogic()
+        steps = logic.emptySteps()
+        self.assertEqual([s["status"] for s in steps], ["pending"] * 7)
+        steps = logic.stepsFromMessage("dose: DosePredict", steps)
+        self.assertEqual([s["status"] for s in steps][:4], ["finished", "finished", "running", "pending"])
+        steps = logic.stepsFromMessage("dose: skipped", steps)
+        self.assertEqual(steps[2]["status"], "skipped")
+        self.assertEqual(logic.stepsFromMessage("not a step", steps), steps)
+        self.assertEqual(logic.workflowArguments("in", "out", True, "model"),
+                         ["run", "in", "-o", "out", "--keep-structures", "--outcome-model", "model"])
+
+    def test_WorkflowRunsAndLoads(self):
+        """"Run all" on a small synthetic case in a background process, then its results in the scene."""
+        import json
+        import time
+
+        self.delayDisplay("Running the workflow on a small synthetic case")
+        self._writePhantomCase()
+        logic = RTRadiomicsAILogic()
+        output = self.folder / "results"
+        job = logic.startWorkflow(self.folder, output, keepStructures=True)
+        deadline = time.time() + 600
+        steps = logic.emptySteps()
+        while not job.poll().finished and time.time() < deadline:
+            steps = logic.stepsFromMessage(job.poll().message or "", steps)
+            slicer.app.processEvents()
+            time.sleep(0.2)
+        self.assertEqual(job.state, "succeeded", job.log[-20:])
+        loaded = logic.loadResults(output)
+        self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(loaded["ct"].GetID()))
+        self.assertIn("DVH constraints", loaded["tables"])
+        statuses = {s["name"]: s["status"] for s in loaded["steps"]}
+        self.assertEqual(statuses["segment"], "skipped")  # --keep-structures
+        self.assertEqual(statuses["radiomics"], "done")
+        record = json.loads((output / "provenance.json").read_text())
+        self.assertEqual(record["status"], "complete")
+        self.assertTrue((output / "report.html").is_file())
+        self.delayDisplay("Workflow done")

@@ -226,3 +226,42 @@ def dvh_table(samples: dict[str, DoseSamples], bin_gy: float = 0.1) -> dict[str,
     top = max((s.dose[0] for s in samples.values() if s.dose.size), default=0.0)
     axis = dose_axis(top, bin_gy)
     return {"dose_gy": axis, **{name: s.cumulative(axis) for name, s in samples.items()}}
+
+
+def dvh_csv(table: dict[str, np.ndarray], samples: dict[str, DoseSamples]) -> str:
+    """``dvh.csv`` text (``structure,dose_gy,volume_pct,volume_cc``, one row per structure and dose bin): the one
+    format of ``rtrai dvh`` and ``rtrai run``."""
+    rows = ["structure,dose_gy,volume_pct,volume_cc"]
+    for name, s in samples.items():
+        total = s.total_cc
+        for d, v in zip(table["dose_gy"], table[name]):
+            rows.append(f"{name},{d:.4f},{100 * v / total if total else float('nan'):.4f},{v:.5f}")
+    return "\n".join(rows) + "\n"
+
+
+def dvh_figure(table: dict[str, np.ndarray], samples: dict[str, DoseSamples], colors: dict | None = None,
+               title: str | None = None):
+    """A matplotlib figure of the cumulative DVHs (volume in % of each structure); the caller saves and closes it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rtrai.core.structures import color_of, is_target
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for name, s in samples.items():
+        if s.total_cc > 0:
+            colour = (colors or {}).get(name) or color_of(name)
+            ax.plot(table["dose_gy"], 100 * table[name] / s.total_cc, label=name, color=colour,
+                    lw=2.2 if is_target(name) else 1.5, ls="--" if is_target(name) else "-")
+    ax.set_xlabel("Dose (Gy)")
+    ax.set_ylabel("Volume (%)")
+    ax.set_ylim(0, 102)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -131,7 +131,7 @@ def run_dvh(args) -> int:
     from rtrai.core import progress as prog
     from rtrai.core import provenance
     from rtrai.core.outputs import output_folder
-    from rtrai.dose.dvh import dvh_table, metric, parse_metrics
+    from rtrai.dose.dvh import dvh_csv, dvh_table, metric, parse_metrics
     from rtrai.dose.gamma import check_dose
 
     metrics = parse_metrics(args.metrics)
@@ -141,12 +141,7 @@ def run_dvh(args) -> int:
     samples = _structure_samples(dose, args.structures, names, prog.default("DVH"))
     table = dvh_table(samples, args.bin)
     with output_folder(args.output) as out:
-        rows = ["structure,dose_gy,volume_pct,volume_cc"]
-        for name, s in samples.items():
-            total = s.total_cc
-            for d, v in zip(table["dose_gy"], table[name]):
-                rows.append(f"{name},{d:.4f},{100 * v / total if total else float('nan'):.4f},{v:.5f}")
-        (out / "dvh.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        (out / "dvh.csv").write_text(dvh_csv(table, samples), encoding="utf-8")
         lines = ["structure,metric,value"]
         for name, s in samples.items():
             for m in metrics:
@@ -164,23 +159,11 @@ def run_dvh(args) -> int:
 
 
 def _plot_dvh(table, samples, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rtrai.core.structures import color_of
+    from rtrai.dose.dvh import dvh_figure
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    for name, s in samples.items():
-        if s.total_cc > 0:
-            ax.plot(table["dose_gy"], 100 * table[name] / s.total_cc, label=name, color=color_of(name))
-    ax.set_xlabel("Dose (Gy)")
-    ax.set_ylabel("Volume (%)")
-    ax.set_ylim(0, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
+    fig = dvh_figure(table, samples)
     fig.savefig(path)
     plt.close(fig)
 

@@ -310,10 +310,29 @@ def _export(model: str, pipeline, data: Dataset, y, cv: dict, seed: int) -> dict
                                                "value": breslow.cum_baseline_hazard_.y}
         # Calibration horizon: the median follow-up of the training events (rounded for people to read).
         state["horizon"] = float(np.round(np.median(data.time[data.event == 1]), 1))
+        training["risk_groups"] = _risk_group_curves(lp > state["risk_cutoff"], data.time, data.event)
     training["cv"] = cv
     state["training"] = training
     state["versions"] = _versions()
     return _jsonable(state)
+
+
+def _risk_group_curves(high: np.ndarray, time: np.ndarray, event: np.ndarray) -> dict:
+    """Kaplan-Meier curves of the training risk groups (apparent: the model saw these patients) and the log-rank
+    p-value between them, so a report can show a new patient's group against them without the training data."""
+    from sksurv.compare import compare_survival
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    curves = {}
+    for name, rows in (("low", ~high), ("high", high)):
+        if rows.any():
+            t, s = kaplan_meier_estimator(event[rows].astype(bool), time[rows])
+            curves[name] = {"n": int(rows.sum()), "events": int(event[rows].sum()), "time": t, "survival": s}
+    p = None
+    if high.any() and (~high).any():
+        y = np.array(list(zip(event.astype(bool), time)), dtype=[("event", bool), ("time", float)])
+        p = float(compare_survival(y, np.where(high, "high", "low"))[1])
+    return {"data": "training (apparent)", "logrank_p": p, "curves": curves}
 
 
 def _versions() -> dict:

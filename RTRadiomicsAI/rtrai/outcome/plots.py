@@ -178,3 +178,28 @@ def shap_summary(model, Z: np.ndarray, path: Path, seed: int = 0, max_rows: int 
                       max_display=20)
     fig = plt.gcf()
     return _save(fig, path)
+
+
+def risk_group_figure(model, highlight: str | None = None, time_label: str = "time"):
+    """Kaplan-Meier curves of a survival model's training risk groups (stored in its model.json), with the group of
+    a new patient (``highlight``: "low" or "high") drawn bold. Returns the figure (the caller saves and closes it),
+    or None for a model without stored curves (fitted before they were stored, or a binary model)."""
+    stored = model.state.get("training", {}).get("risk_groups")
+    if not stored or not stored.get("curves"):
+        return None
+    fig, ax = _figure(6, 4.2)
+    for name, colour in (("low", "tab:blue"), ("high", "tab:red")):
+        curve = stored["curves"].get(name)
+        if not curve:
+            continue
+        t = np.concatenate([[0.0], np.asarray(curve["time"], float)])
+        s = np.concatenate([[1.0], np.asarray(curve["survival"], float)])
+        mine = name == highlight
+        label = f"{name} risk (n={curve['n']}, {curve['events']} events)" + ("  <- this patient" if mine else "")
+        ax.step(t, s, where="post", color=colour, lw=3.0 if mine else 1.5, alpha=1.0 if mine else 0.7, label=label)
+    p = stored.get("logrank_p")
+    ax.set(xlabel=time_label, ylabel="event-free probability", ylim=(0, 1.02),
+           title="Training risk groups (Kaplan-Meier" + (f", log-rank p = {p:.2g})" if p is not None else ")"))
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig

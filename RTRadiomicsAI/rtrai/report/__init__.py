@@ -1,1 +1,1 @@
-"""Reports: figures and (later) the HTML page of a case."""
+"""Reports: the self-contained report.html of a run (html) and its figures (figures)."""

@@ -26,6 +26,31 @@ def _centre(case: Case) -> tuple[int, int, int]:
 
 def orthogonal_slices(case: Case, path: str | os.PathLike, title: str | None = None, dpi: int = 110) -> Path:
     """Axial, coronal and sagittal CT slices through the main target, with outlines and the dose (if any) in colour."""
+    import matplotlib.pyplot as plt
+
+    fig = orthogonal_slices_figure(case, title)
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, facecolor="black", bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def figure_png(fig, dpi: int = 100, facecolor: str | None = None) -> bytes:
+    """The PNG bytes of a matplotlib figure, which is then closed (for pages that embed their images)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight",
+                **({"facecolor": facecolor} if facecolor else {}))
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def orthogonal_slices_figure(case: Case, title: str | None = None):
+    """The figure of :func:`orthogonal_slices` (the caller saves and closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,8 +100,4 @@ def orthogonal_slices(case: Case, path: str | os.PathLike, title: str | None = N
         bar.set_label("dose (Gy)", color="white")
         bar.ax.tick_params(colors="white")
     fig.suptitle(title or case.patient_id, color="white")
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, facecolor="black", bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return fig
