@@ -40,7 +40,7 @@ def test_inputs_encode_targets_by_prescription_and_flip_swaps_parotids():
     assert prediction.FLIP_PAIRS == ((left, right),)
     rng = np.random.default_rng(0)
     noise = rng.random(x.shape).astype(np.float16)  # asymmetric content, so a flip is always visible
-    noise[-1] = 1
+    noise[prediction.BODY] = 1
     item = {"x": noise, "y": np.zeros(x.shape[1:], np.float16)}
     flips = 0
     for _ in range(20):  # whole-volume patches: each draw is the volume itself, flipped or not
@@ -103,3 +103,64 @@ def test_unknown_model_exits_2(cohort, tmp_path, capsys):
     code = cli.main(["dose", "predict", str(cohort / "patients" / "p0"), "--model", "no-such-model",
                      "-o", str(tmp_path / "o")])
     assert code == 2 and "unknown model" in capsys.readouterr().err
+
+
+def test_geometric_prior_is_the_prescription_inside_targets_and_falls_off_outside():
+    case = make_phantom(seed=0, size=(64, 64, 48), spacing=(7.0, 7.0, 5.0))
+    x = prediction.encode_inputs(case)
+    prior = x[prediction.PRIOR] * prediction.DOSE_SCALE_GY
+    ptv70 = sitk.GetArrayViewFromImage(case.structures["PTV70"]) > 0
+    ptv56 = sitk.GetArrayViewFromImage(case.structures["PTV56"]) > 0
+    assert np.allclose(prior[ptv70], 70) and np.all(prior[ptv56 & ~ptv70] >= 56 - 1e-4)
+    body = x[prediction.BODY] > 0
+    assert np.all(prior[~body] == 0)
+    # One voxel (7 mm) outside PTV70 along x, away from PTV56, the prior is 70 * exp(-7 / 25).
+    z, y, xs = np.nonzero(ptv70)
+    i = int(np.argmax(xs))
+    neighbour = (z[i], y[i], xs[i] + 1)
+    if body[neighbour] and not ptv56[neighbour]:
+        assert prior[neighbour] >= 70 * np.exp(-7 / 25) - 1e-3
+
+
+def test_prior_network_adds_a_half_resolution_correction_to_the_prior():
+    import torch
+
+    net = prediction.build_network({"type": "prior-unet", "channels": [4, 8], "strides": [2], "downsample": 2})
+    assert int(np.prod(net.strides)) == 4
+    for parameter in net.unet.parameters():
+        torch.nn.init.zeros_(parameter)  # no correction: the output is the prior itself
+    x = torch.rand(1, len(prediction.CHANNELS), 8, 8, 8)
+    assert torch.allclose(net(x)[0, 0], x[0, prediction.PRIOR])
+
+
+def test_resumed_schedule_is_retimed_to_the_new_step_count():
+    import torch
+
+    cfg = {"lr": 1e-3, "steps": 400}
+    weights = torch.zeros(1, requires_grad=True)
+    optimiser = torch.optim.AdamW([weights], lr=1e-3)
+    schedule = prediction._one_cycle(optimiser, cfg)
+    for _ in range(50):
+        optimiser.step()
+        schedule.step()
+    prediction._retarget_schedule(schedule, {**cfg, "steps": 100})
+    for _ in range(50):
+        optimiser.step()
+        schedule.step()
+    assert schedule.get_last_lr()[0] < 1e-6  # annealed at the new end, not half-way through the old cycle
+
+
+def test_adversarial_mode_trains_checkpoints_the_discriminator_and_resumes(cohort, tmp_path):
+    import torch
+
+    config = {**TINY, "network": {"type": "prior-unet", "channels": [4, 8, 16], "strides": [2, 2]},
+              "patch": None, "steps": 4, "validate_every": 4,
+              "adversarial": {"weight": 0.1, "channels": 4, "layers": 2}}
+    work = tmp_path / "gan"
+    first = prediction.train(cohort / "patients", work, config, cohort / "patients")
+    state = torch.load(work / "checkpoint.pt", weights_only=True)
+    assert first["step"] == 4 and "discriminator" in state and "d_optimiser" in state
+    again = prediction.train(cohort / "patients", work, {**config, "steps": 6}, resume=True)
+    resumed = torch.load(work / "checkpoint.pt", weights_only=True)["discriminator"]
+    assert again["step"] == 6 and "resumed at step 4" in (work / "train.log").read_text()
+    assert any(not torch.equal(resumed[k], state["discriminator"][k]) for k in resumed)  # it kept learning
