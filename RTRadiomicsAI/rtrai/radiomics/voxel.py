@@ -1,13 +1,17 @@
-"""Voxel-wise feature maps with pyradiomics' voxel mode, split over processes.
+"""Voxel-wise feature maps: our own engine for firstorder and GLCM, pyradiomics' voxel mode for everything else.
 
-Each voxel's value in pyradiomics' voxel mode depends only on its own kernel and on the grey-level discretisation of
-the whole ROI, never on the other voxels' results. So we run the same extraction in N processes, each computing an
-interleaved 1/N of the ROI's voxels (every N-th voxel, so that costly boundary kernels are shared evenly), and
-assemble the maps: the values are pyradiomics' own, bit for bit.
+``firstorder`` and ``glcm`` of the original image go through :mod:`rtrai.radiomics.voxel_engine` (vectorised over
+voxels, same values as pyradiomics' voxel mode). Other feature classes, filtered image types and the settings the
+engine does not cover run pyradiomics itself, split over processes: each voxel's value in pyradiomics' voxel mode
+depends only on its own kernel and on the grey-level discretisation of the whole ROI, never on the other voxels'
+results. So we run the same extraction in N processes, each computing an interleaved 1/N of the ROI's voxels (every
+N-th voxel, so that costly boundary kernels are shared evenly), and assemble the maps: the values are pyradiomics' own,
+bit for bit.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +20,7 @@ import SimpleITK as sitk
 from rtrai.core.errors import InputError
 
 _PART: dict = {}
+_log = logging.getLogger(__name__)
 
 
 def _restrict_voxels() -> None:
@@ -60,13 +65,44 @@ def _compute_share(args):
 
 def voxel_maps(image: sitk.Image, mask: sitk.Image, label: int = 1, params=None, preset: str | None = None,
                jobs: int = 1, progress=None) -> dict[str, sitk.Image]:
-    """pyradiomics' voxel-mode maps (feature name -> image on the ROI's bounding box grid) computed by ``jobs``
-    processes."""
+    """Voxel-mode maps (feature name -> image on the ROI's bounding box grid, padded by the kernel radius, as
+    pyradiomics returns them): firstorder and GLCM by our engine when it covers the parameters, the rest by
+    pyradiomics in ``jobs`` processes."""
     from rtrai.core.progress import silent
+    from rtrai.radiomics import voxel_engine
 
     report = progress or silent
     jobs = max(1, int(jobs))
-    report(0.0, f"voxel-wise features with {jobs} process(es)")
+    plan = None
+    if not voxel_engine.engine_disabled():
+        try:
+            plan = voxel_engine.plan(params, preset)
+        except voxel_engine.Unsupported as exc:
+            _log.debug("voxel engine not used: %s", exc)
+    if plan is None or not plan.engine_classes:
+        return _pyradiomics_maps(image, mask, label, params, preset, jobs, report)
+    report(0.0, f"voxel-wise {' + '.join(plan.engine_classes)} (rtrai engine)")
+    try:
+        ours = voxel_engine.compute(image, mask, label, plan)
+    except voxel_engine.Unsupported as exc:
+        _log.debug("voxel engine not used: %s", exc)
+        return _pyradiomics_maps(image, mask, label, params, preset, jobs, report)
+    except Exception as exc:  # noqa: BLE001  every input must still work: pyradiomics computes it
+        _log.warning("voxel engine failed (%s: %s); using pyradiomics' voxel mode", type(exc).__name__, exc)
+        return _pyradiomics_maps(image, mask, label, params, preset, jobs, report)
+    others = plan.other_classes
+    theirs = _pyradiomics_maps(image, mask, label, plan.params_for(others), None, jobs, report) if others else {}
+    maps = {}
+    for cls in plan.classes:  # pyradiomics' order: feature class by feature class
+        source = ours if cls in plan.engine_classes else theirs
+        maps.update((name, value) for name, value in source.items() if name.startswith(f"original_{cls}_"))
+    report(1.0, f"{len(maps)} maps")
+    return maps
+
+
+def _pyradiomics_maps(image, mask, label, params, preset, jobs, report) -> dict[str, sitk.Image]:
+    """pyradiomics' voxel-mode maps computed by ``jobs`` processes."""
+    report(0.0, f"voxel-wise features (pyradiomics) with {jobs} process(es)")
     if jobs == 1:
         shares = [_compute(image, mask, label, params, preset, 0, 1)]
     else:
