@@ -106,6 +106,18 @@ def test_dose_evaluate_cli_on_openkbp(pt201, openkbp_pt201, tmp_path, rtrai_cli)
     metrics = pd.read_csv(tmp_path / "out" / "dvh_metrics.csv")
     assert set(metrics.structure) >= {"PTV70", "Parotid_L", "Bone_Mandible"}
     assert (tmp_path / "out" / "provenance.json").exists()
+    # OpenKBP's submission layout (PRED/pt_201/dose.csv, nothing else) against the folder of patients, as
+    # `rtrai dose predict --format openkbp` writes it: placed on the reference patient's grid, same scores.
+    from rtrai.core.case import Case
+    from rtrai.io.openkbp import write_openkbp
+
+    write_openkbp(Case(dose=pred), tmp_path / "pred" / openkbp_pt201.name, what=("dose",))
+    assert [p.name for p in (tmp_path / "pred" / openkbp_pt201.name).iterdir()] == ["dose.csv"]
+    assert rtrai_cli(["dose", "evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(openkbp_pt201.parent),
+                      "-o", str(tmp_path / "out_csv")]) == 0
+    folder_scores = json.loads((tmp_path / "out_csv" / "scores.json").read_text())
+    assert folder_scores["patients"] == 1
+    assert folder_scores["dose_score_gy"] == pytest.approx(scores["dose_score_gy"], rel=1e-6)
     # cGy where Gy is expected: a clear error, exit 2, no output folder.
     sitk.WriteImage(pred * 100, str(tmp_path / "cgy.nrrd"))
     assert rtrai_cli(["dose", "evaluate", "--pred", str(tmp_path / "cgy.nrrd"), "--ref", str(openkbp_pt201),

@@ -131,6 +131,13 @@ def test_prior_network_adds_a_half_resolution_correction_to_the_prior():
         torch.nn.init.zeros_(parameter)  # no correction: the output is the prior itself
     x = torch.rand(1, len(prediction.CHANNELS), 8, 8, 8)
     assert torch.allclose(net(x)[0, 0], x[0, prediction.PRIOR])
+    # Flip averaging mirrors back what it mirrored: with no correction it returns the (asymmetric) prior itself,
+    # also on a grid that needs padding.
+    inputs = np.random.default_rng(1).random((len(prediction.CHANNELS), 6, 7, 9)).astype(np.float32)
+    inputs[prediction.BODY] = 1
+    expected = inputs[prediction.PRIOR] * prediction.DOSE_SCALE_GY
+    for flip in (False, True):
+        np.testing.assert_allclose(prediction.predict_array(net, inputs, flip=flip), expected, rtol=1e-5)
 
 
 def test_resumed_schedule_is_retimed_to_the_new_step_count():

@@ -196,9 +196,10 @@ def _patient_pairs(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
     """(name, pred, ref) pairs: one pair, or patients matched by folder name in two folders of patients."""
     from rtrai.core.errors import InputError
     from rtrai.io.case_io import input_kind
+    from rtrai.io.openkbp import prediction_dose_file
 
     def single(path: Path) -> bool:
-        if path.is_file():
+        if path.is_file() or prediction_dose_file(path):
             return True
         try:
             input_kind(path)
@@ -236,7 +237,14 @@ def _evaluate_pair(name: str, pred_path: Path, ref_path: Path, structures: str |
     from rtrai.dose.gamma import check_dose
     from rtrai.dose.scores import score_patient
 
-    ref_case, pred_case = _load_case_dose(ref_path), _load_case_dose(pred_path)
+    from rtrai.core.case import Case
+    from rtrai.io.openkbp import prediction_dose_file, read_prediction_dose
+
+    ref_case = _load_case_dose(ref_path)
+    if prediction_dose_file(pred_path) and ref_case.dose is not None:  # OpenKBP's submission layout: dose.csv only
+        pred_case = Case(dose=read_prediction_dose(pred_path, Grid.of(ref_case.dose)))
+    else:
+        pred_case = _load_case_dose(pred_path)
     for case, what, path in ((ref_case, "reference", ref_path), (pred_case, "predicted", pred_path)):
         if case.dose is None:
             raise InputError(f"{name}: the {what} input {path} holds no dose")
@@ -249,7 +257,6 @@ def _evaluate_pair(name: str, pred_path: Path, ref_path: Path, structures: str |
     if structures:
         holder = _load_case_dose(Path(structures)) if Path(structures).is_dir() else None
         if holder is None:
-            from rtrai.core.case import Case
             from rtrai.io.segfile import read_segmentation
 
             holder = Case()

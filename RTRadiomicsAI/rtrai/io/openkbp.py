@@ -101,6 +101,23 @@ def read_voxel_dimensions(folder: Path) -> tuple[float, float, float]:
     return float(values[0]), float(values[1]), float(values[2])
 
 
+def prediction_dose_file(path: str | os.PathLike) -> Path | None:
+    """The ``dose.csv`` of an OpenKBP prediction folder (a dose and nothing to place it: the reference patient's
+    grid places it, as upstream's scoring does), else None."""
+    path = Path(path)
+    return _find(path, "dose") if path.is_dir() and not is_openkbp_folder(path) else None
+
+
+def read_prediction_dose(path: str | os.PathLike, grid: Grid) -> sitk.Image:
+    """The dose (Gy) of an OpenKBP prediction folder on the reference patient's grid."""
+    dose_path = prediction_dose_file(path)
+    if dose_path is None:
+        raise InputError(f"{path}: not an OpenKBP prediction folder (no dose.csv)")
+    if tuple(grid.size) != SHAPE:
+        raise GeometryError(f"{path}: an OpenKBP dose needs a 128^3 reference grid, not {tuple(grid.size)}")
+    return _volume(dose_path, grid, np.float32, True)
+
+
 def grid_for(voxel_dimensions: tuple[float, float, float]) -> Grid:
     spacing = (voxel_dimensions[1], voxel_dimensions[0], voxel_dimensions[2])
     origin = tuple(-(N - 1) / 2.0 * s for s in spacing)
