@@ -646,7 +646,7 @@ def options_from_args(args) -> Options:
 def run_command(args) -> int:
     from rtrai.core.errors import InputError
     from rtrai.core.progress import default
-    from rtrai.io.case_io import input_kind, list_cases
+    from rtrai.io.case_io import patients_or_case
 
     options = options_from_args(args)
     out = Path(args.output)
@@ -658,13 +658,7 @@ def run_command(args) -> int:
         raise InputError("give INPUT (a case, or a folder of patients) or --cohort LIST")
     else:
         source = Path(args.input)
-        try:
-            input_kind(source)
-            cases = None
-        except InputError:
-            cases = list_cases(source) if source.is_dir() else []
-            if not cases:
-                raise
+        cases = patients_or_case(source)
     if cases is None:
         run = run_case(source, out, options, default("rtrai run"))
         for line in run.log:

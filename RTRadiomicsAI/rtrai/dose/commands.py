@@ -83,23 +83,17 @@ def run_train(args) -> int:
 
 def run_predict(args) -> int:
     from rtrai.core import provenance
-    from rtrai.core.errors import InputError, RTRAIError
+    from rtrai.core.errors import RTRAIError
     from rtrai.core.outputs import output_folder
     from rtrai.core.progress import default, track
     from rtrai.dose.prediction import DosePredictor
-    from rtrai.io.case_io import input_kind, list_cases
+    from rtrai.io.case_io import patients_or_case
 
     predictor = DosePredictor(args.model, args.device)
     prescription = parse_prescription(args.prescription)
     source, out = Path(args.input), Path(args.output)
-    try:
-        input_kind(source)
-        jobs = [(source, out)]
-    except InputError:
-        patients = list_cases(source) if source.is_dir() else []
-        if not patients:
-            raise
-        jobs = [(p, out / p.name) for p in patients]
+    patients = patients_or_case(source)
+    jobs = [(source, out)] if patients is None else [(p, out / p.name) for p in patients]
     failures = []
     for path, target in track(jobs, default("Predicting dose") if len(jobs) > 1 else None, message=""):
         try:

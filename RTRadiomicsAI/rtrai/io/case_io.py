@@ -153,6 +153,20 @@ def write_case(case: Case, folder: str | os.PathLike) -> list[Path]:
     return written
 
 
+def patients_or_case(path: str | os.PathLike) -> list[Path] | None:
+    """None when ``path`` is one case (anything :func:`read_case` reads), else the patients of a folder of patients;
+    neither: the single-case :class:`InputError` that says what ``path`` is not."""
+    path = Path(path)
+    try:
+        input_kind(path)
+        return None
+    except InputError:
+        patients = list_cases(path) if path.is_dir() else []
+        if not patients:
+            raise
+        return patients
+
+
 def list_cases(folder: str | os.PathLike) -> list[Path]:
     """The readable patients directly inside a folder of patients (sorted naturally: pt_2 before pt_10)."""
     folder = Path(folder)

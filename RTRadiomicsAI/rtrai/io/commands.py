@@ -33,17 +33,13 @@ def convert_one(source: Path, outdir: Path) -> Path:
 
 
 def run_convert(args) -> int:
-    from rtrai.core.errors import InputError, RTRAIError
+    from rtrai.core.errors import RTRAIError
     from rtrai.core.progress import default, track
-    from rtrai.io.case_io import input_kind, list_cases
+    from rtrai.io.case_io import patients_or_case
 
     source, outdir = Path(args.input), Path(args.outdir)
-    try:
-        input_kind(source)
-    except InputError:
-        patients = list_cases(source) if source.is_dir() else []
-        if not patients:
-            raise
+    patients = patients_or_case(source)
+    if patients is not None:
         failures = []
         for patient in track(patients, default("Converting"), message=""):
             try:

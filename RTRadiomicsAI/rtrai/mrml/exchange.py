@@ -205,18 +205,7 @@ def gamma_color_table(scene):
     transfer.AddRGBPoint(0.0, 0.0, 0.6, 0.0)
     transfer.AddRGBPoint(0.5, 1.0, 1.0, 0.0)
     transfer.AddRGBPoint(1.0, 1.0, 0.0, 0.0)
-    table = slicer.vtkMRMLColorTableNode()
-    table.SetName(GAMMA_COLOR_TABLE_NAME)
-    table.SetSingletonTag(GAMMA_COLOR_TABLE_NAME)
-    table.SetTypeToUser()
-    count = 256
-    table.SetNumberOfColors(count)
-    table.GetLookupTable().SetTableRange(0, count - 1)
-    for index in range(count):
-        table.SetColor(index, f"{index}", *transfer.GetColor(index / (count - 1)), 1.0)
-    table.SetAttribute("Category", "RTRadiomicsAI")
-    scene.AddNode(table)
-    return table
+    return slicerrt.singleton_color_table(scene, GAMMA_COLOR_TABLE_NAME, slicerrt.ramp_colors(transfer, 256))
 
 
 def load_gamma_map(path, scene, name: str, node=None):

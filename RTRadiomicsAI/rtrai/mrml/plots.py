@@ -13,7 +13,7 @@ from rtrai.core.errors import InputError
 from rtrai.core.structures import color_of
 from rtrai.mrml._slicer import slicer
 from rtrai.mrml.slicerrt import safe_node_name
-from rtrai.mrml.tables import table_to_node
+from rtrai.mrml.tables import metrics_by_structure, table_to_node
 
 DOSE_COLUMN = "Dose (Gy)"
 DVH_COLUMNS = ("structure", "dose_gy", "volume_pct")
@@ -78,9 +78,6 @@ def dvh_metrics_table(frame: pd.DataFrame, scene, name: str, node=None):
     """``metrics.csv`` rows (structure, metric, value) as a table node: one row per structure, one column per
     metric, both in the order of the file. ``node``: an existing table whose content is replaced."""
     _require(frame, METRIC_COLUMNS, "the DVH metrics table")
-    structures, metrics = list(pd.unique(frame["structure"])), list(pd.unique(frame["metric"]))
-    wide = frame.pivot(index="structure", columns="metric", values="value").loc[structures, metrics]
-    wide = wide.reset_index().rename(columns={"structure": "Structure"})
-    wide.columns = [str(c) for c in wide.columns]
+    wide = metrics_by_structure(frame).rename(columns={"structure": "Structure"})
     wide["Structure"] = wide["Structure"].astype(str)
     return table_to_node(wide, scene, name, node=node)

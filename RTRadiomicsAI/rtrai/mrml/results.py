@@ -38,6 +38,8 @@ def run_tables(folder: str | os.PathLike, steps: list[dict] | None = None) -> di
     ``steps`` when given, else from its provenance.json)."""
     import pandas as pd
 
+    from rtrai.mrml.tables import metrics_by_structure
+
     folder = Path(folder)
     tables = {}
     steps = read_provenance(folder).get("steps") if steps is None else steps
@@ -46,10 +48,7 @@ def run_tables(folder: str | os.PathLike, steps: list[dict] | None = None) -> di
     for name, file in TABLE_FILES:
         if (folder / file).is_file():
             frame = pd.read_csv(folder / file, dtype={"ID": str, "error": str, "structure": str, "Structure": str})
-            if file == "dvh_metrics.csv":
-                frame = frame.pivot(index="structure", columns="metric", values="value").reset_index()
-                frame.columns.name = None
-            tables[name] = frame
+            tables[name] = metrics_by_structure(frame) if file == "dvh_metrics.csv" else frame
     return tables
 
 

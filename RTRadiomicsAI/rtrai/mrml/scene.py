@@ -84,19 +84,9 @@ def case_to_scene(case: Case, scene=None, name_prefix: str | None = None) -> dic
 
 def _mask_color_table(scene):
     """Two labels for the possible-dose mask (Slicer's default label colours live in the application only)."""
-    existing = scene.GetSingletonNode(MASK_COLOR_TABLE_NAME, "vtkMRMLColorTableNode")
-    if existing is not None:
-        return existing
-    table = slicer.vtkMRMLColorTableNode()
-    table.SetName(MASK_COLOR_TABLE_NAME)
-    table.SetSingletonTag(MASK_COLOR_TABLE_NAME)
-    table.SetTypeToUser()
-    table.SetNumberOfColors(2)
-    table.GetLookupTable().SetTableRange(0, 1)
-    table.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
-    table.SetColor(1, "possible dose", 0.3, 0.6, 1.0, 1.0)
-    scene.AddNode(table)
-    return table
+    return slicerrt.singleton_color_table(scene, MASK_COLOR_TABLE_NAME, [("background", 0.0, 0.0, 0.0, 0.0),
+                                                                        ("possible dose", 0.3, 0.6, 1.0, 1.0)],
+                                          category=None)
 
 
 def scene_to_case(scene=None, *, ct=None, structures=None, dose=None, possible_dose_mask=None,

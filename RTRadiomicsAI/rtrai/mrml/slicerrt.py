@@ -38,6 +38,36 @@ DOSE_COLOR_TABLE_NAME = "RTRAI_Dose_ColorTable"
 DOSE_COLOR_COUNT = 256
 
 
+def singleton_color_table(scene, name: str, colors, category: str | None = "RTRadiomicsAI"):
+    """The scene's colour table ``name``, created once from ``colors`` ((label, r, g, b, alpha) per index, in 0..1)
+    and found again by its singleton tag."""
+    existing = scene.GetSingletonNode(name, "vtkMRMLColorTableNode")
+    if existing is not None:
+        return existing
+    table = slicer.vtkMRMLColorTableNode()
+    table.SetName(name)
+    table.SetSingletonTag(name)
+    table.SetTypeToUser()
+    table.SetNumberOfColors(len(colors))
+    table.GetLookupTable().SetTableRange(0, len(colors) - 1)
+    for index, (label, r, g, b, alpha) in enumerate(colors):
+        table.SetColor(index, label, r, g, b, alpha)
+    if category:
+        table.SetAttribute("Category", category)
+    scene.AddNode(table)
+    return table
+
+
+def ramp_colors(transfer, count: int) -> list[tuple]:
+    """``count`` opaque colours sampled evenly on 0..1 from a VTK colour transfer function, labelled by index."""
+    rgb = [0.0, 0.0, 0.0]
+    colors = []
+    for index in range(count):
+        transfer.GetColor(index / (count - 1), rgb)
+        colors.append((f"{index}", *rgb, 1.0))
+    return colors
+
+
 def dose_color_table(scene):
     """The dose colour wash table of the scene (created once, found again by its singleton tag)."""
     import vtk
@@ -51,19 +81,7 @@ def dose_color_table(scene):
         transfer.AddRGBPoint(index / (len(ISODOSE_COLORS) - 1), r, g, b)
     transfer.SetNumberOfValues(DOSE_COLOR_COUNT)
     transfer.Build()
-    table = slicer.vtkMRMLColorTableNode()
-    table.SetName(DOSE_COLOR_TABLE_NAME)
-    table.SetSingletonTag(DOSE_COLOR_TABLE_NAME)
-    table.SetTypeToUser()
-    table.SetNumberOfColors(DOSE_COLOR_COUNT)
-    table.GetLookupTable().SetTableRange(0, DOSE_COLOR_COUNT - 1)
-    rgb = [0.0, 0.0, 0.0]
-    for index in range(DOSE_COLOR_COUNT):
-        transfer.GetColor(index / (DOSE_COLOR_COUNT - 1), rgb)
-        table.SetColor(index, f"{index}", *rgb, 1.0)
-    table.SetAttribute("Category", "RTRadiomicsAI")
-    scene.AddNode(table)
-    return table
+    return singleton_color_table(scene, DOSE_COLOR_TABLE_NAME, ramp_colors(transfer, DOSE_COLOR_COUNT))
 
 
 def show_as_dose(node, max_dose_gy: float) -> None:

@@ -13,6 +13,15 @@ import pandas as pd
 from rtrai.core.errors import InputError
 
 
+def metrics_by_structure(frame: pd.DataFrame) -> pd.DataFrame:
+    """DVH metrics in the long form ``rtrai dvh`` and ``rtrai run`` write (``structure,metric,value``) as one row
+    per structure and one column per metric, both in the order of the file."""
+    structures, metrics = list(pd.unique(frame["structure"])), list(pd.unique(frame["metric"]))
+    wide = frame.pivot(index="structure", columns="metric", values="value").loc[structures, metrics].reset_index()
+    wide.columns = [str(c) for c in wide.columns]
+    return wide
+
+
 def table_to_node(frame: pd.DataFrame, scene, name: str, node=None):
     """Put ``frame`` in a table node: a new one named ``name`` (characters unsafe in file names become '_'), or
     ``node``, whose content is replaced."""

@@ -59,21 +59,15 @@ def register(sub) -> None:
 def run_segment(args) -> int:
     if args.input == "train" and not Path(args.input).exists():
         return run_train(args)
-    from rtrai.core.errors import InputError, RTRAIError
+    from rtrai.core.errors import RTRAIError
     from rtrai.core.progress import default, track
-    from rtrai.io.case_io import input_kind, list_cases
+    from rtrai.io.case_io import patients_or_case
     from rtrai.segmentation.inference import Segmenter
 
     if args.fmt == "dicom":
         _dicom_writer()
     source, out = Path(args.input), Path(args.output)
-    try:
-        input_kind(source)
-        patients = None
-    except InputError:
-        patients = list_cases(source) if source.is_dir() else []
-        if not patients:
-            raise
+    patients = patients_or_case(source)
     segmenter = Segmenter(args.model, args.device)
     if patients is None:
         segment_one(segmenter, source, out, args.fmt)
