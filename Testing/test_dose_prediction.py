@@ -54,6 +54,35 @@ def test_inputs_encode_targets_by_prescription_and_flip_swaps_parotids():
     assert 0 < flips < 20
 
 
+def test_augmentation_moves_inputs_and_dose_together_and_keeps_masks_binary():
+    case = make_phantom(seed=0, size=(64, 64, 48), spacing=(7.0, 7.0, 5.0))
+    x = prediction.encode_inputs(case)
+    y = x[prediction.PRIOR] * 0.9  # any dose that lives on the anatomy
+    rng = np.random.default_rng(0)
+    same_x, same_y = prediction._augment(x, y, rng, {})  # no rotation, scaling or shift: the identity
+    np.testing.assert_allclose(same_x, x, atol=1e-5)
+    np.testing.assert_allclose(same_y, y, atol=1e-5)
+    # A pure shift of whole voxels moves every channel and the dose by exactly that many voxels.
+    shifted_x, shifted_y = prediction._augment(x, y, np.random.default_rng(1), {"shift_vox": 3})
+    draws = np.random.default_rng(1)
+    draws.uniform(-1, 1, 2)  # angle and scale come first
+    shift = draws.integers(-3, 4, 3)  # x, y, z voxels
+    assert np.any(shift != 0)
+    inner = tuple(slice(4, n - 4) for n in y.shape)
+    moved = np.roll(y, tuple(-int(s) for s in shift[::-1]), axis=(0, 1, 2))
+    np.testing.assert_allclose(shifted_y[inner], moved[inner], atol=1e-5)
+    # Rotation and scaling: masks stay binary, target levels stay levels, the dose moves with the anatomy.
+    ax, ay = prediction._augment(x, y, rng, {"rotate_deg": 10, "scale": 0.1, "shift_vox": 4, "ct_jitter": 0.05})
+    for c in prediction.MASK_CHANNELS:
+        assert set(np.unique(ax[c])) <= {0.0, 1.0}
+    levels = np.unique(ax[prediction.TARGETS])[:, None]
+    assert np.abs(levels - [0.0, 56 / 70, 1.0]).min(axis=1).max() < 1e-6
+    body = ax[prediction.BODY] > 0
+    assert 0.7 < body.sum() / (x[prediction.BODY] > 0).sum() < 1.4
+    np.testing.assert_allclose(ay, 0.9 * ax[prediction.PRIOR], atol=1e-5)  # the dose moved with the inputs
+    assert not np.allclose(ay, y, atol=0.05)
+
+
 def test_case_without_target_or_prescription_is_refused():
     case = make_phantom(seed=0, size=(64, 64, 48), spacing=(7.0, 7.0, 5.0))
     mask = case.structures.pop("PTV70")
@@ -171,3 +200,68 @@ def test_adversarial_mode_trains_checkpoints_the_discriminator_and_resumes(cohor
     resumed = torch.load(work / "checkpoint.pt", weights_only=True)["discriminator"]
     assert again["step"] == 6 and "resumed at step 4" in (work / "train.log").read_text()
     assert any(not torch.equal(resumed[k], state["discriminator"][k]) for k in resumed)  # it kept learning
+
+
+def test_ensemble_averages_its_members_and_is_one_checksummed_model(tmp_path, capsys):
+    import torch
+
+    from rtrai.models import write_model
+
+    spec = {"type": "prior-unet", "channels": [4, 8], "strides": [2], "num_res_units": 1, "downsample": 2}
+    x = torch.rand(1, len(prediction.CHANNELS), 16, 16, 16)
+    folders, outputs = [], []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        network = prediction.build_network(spec).eval()
+        with torch.no_grad():
+            outputs.append(network(x))
+        manifest = {"name": f"m{seed}", "version": "1", "task": "dose", "network": spec, "labels": ["Dose"],
+                    "inputs": {"channels": list(prediction.CHANNELS)}, "weights": "weights.safetensors"}
+        folders.append(str(write_model(tmp_path / f"m{seed}", network.state_dict(), manifest, half=False).parent))
+    assert cli.main(["dose", "ensemble", *folders, "-o", str(tmp_path / "joined")]) == 0
+    joined = json.loads((tmp_path / "joined" / "manifest.json").read_text())
+    assert joined["network"]["members"] == 2 and len(joined["sha256"]) == 64
+    assert [m["name"] for m in joined["training"]["members"]] == ["m0", "m1"]
+    predictor = prediction.DosePredictor(str(tmp_path / "joined"), "cpu")
+    with torch.no_grad():
+        averaged = predictor.network.eval()(x)
+    # The prior is shared, so averaging the corrections averages the predictions (up to the fp16 of shipped weights).
+    torch.testing.assert_close(averaged, 0.5 * (outputs[0] + outputs[1]), atol=3e-3, rtol=0)
+    assert not torch.allclose(outputs[0], outputs[1], atol=3e-2)
+    # An ensemble joins further models; a different network does not join.
+    other = {**spec, "channels": [4, 16]}
+    write_model(tmp_path / "other", prediction.build_network(other).state_dict(),
+                {"name": "other", "version": "1", "task": "dose", "network": other, "labels": ["Dose"],
+                 "inputs": {"channels": list(prediction.CHANNELS)}, "weights": "weights.safetensors"})
+    assert cli.main(["dose", "ensemble", str(tmp_path / "joined"), folders[0], "-o", str(tmp_path / "three")]) == 0
+    assert json.loads((tmp_path / "three" / "manifest.json").read_text())["network"]["members"] == 3
+    capsys.readouterr()
+    assert cli.main(["dose", "ensemble", folders[0], str(tmp_path / "other"), "-o", str(tmp_path / "bad")]) == 2
+    assert "cannot join" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_average_of_snapshots_averages_weights(tmp_path, capsys):
+    import torch
+
+    from rtrai.models import load_state_dict, read_manifest, write_model
+
+    spec = {"type": "prior-unet", "channels": [4, 8], "strides": [2], "num_res_units": 1, "downsample": 2}
+    manifest = {"name": "m", "version": "1", "task": "dose", "network": spec, "labels": ["Dose"],
+                "inputs": {"channels": list(prediction.CHANNELS)}, "weights": "weights.safetensors"}
+    torch.manual_seed(0)
+    first = prediction.build_network(spec).state_dict()
+    write_model(tmp_path / "best", first, manifest, half=False)
+    torch.manual_seed(1)
+    last = prediction.build_network(spec).state_dict()
+    torch.save({"network": last, "step": 9}, tmp_path / "checkpoint.pt")  # a training run's checkpoint
+    assert cli.main(["dose", "average", str(tmp_path / "best"), str(tmp_path / "checkpoint.pt"),
+                     "-o", str(tmp_path / "avg")]) == 0
+    averaged = load_state_dict(read_manifest(tmp_path / "avg"))
+    key = next(k for k in first if first[k].is_floating_point() and first[k].numel() > 1)
+    torch.testing.assert_close(averaged[key].float(), (first[key] + last[key]) / 2, atol=1e-3, rtol=0)
+    other = {**spec, "channels": [4, 16]}
+    torch.save({"network": prediction.build_network(other).state_dict()}, tmp_path / "other.pt")
+    capsys.readouterr()
+    assert cli.main(["dose", "average", str(tmp_path / "best"), str(tmp_path / "other.pt"), "-o",
+                     str(tmp_path / "bad")]) == 2
+    assert "same network" in capsys.readouterr().err

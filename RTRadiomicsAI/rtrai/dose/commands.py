@@ -1,4 +1,4 @@
-"""``rtrai dose train`` and ``rtrai dose predict`` (evaluation commands: ``evaluation_commands``)."""
+"""``rtrai dose train``, ``predict``, ``ensemble`` and ``average`` (evaluation commands: ``evaluation_commands``)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ def register(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue from WORKDIR/checkpoint.pt")
     t.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes")
     t.set_defaults(func=run_train)
+
+    e = dose.add_parser("ensemble", help="join prior-unet dose models into one model that averages their corrections")
+    e.add_argument("models", nargs="+", metavar="MODEL", help="model folders or zoo names (same network and inputs)")
+    e.add_argument("-o", "--output", required=True, metavar="MODEL_DIR", help="the joined model (manifest + weights)")
+    e.set_defaults(func=run_ensemble)
+
+    a = dose.add_parser("average", help="average the weights of snapshots of one training run (as SWA)")
+    a.add_argument("snapshots", nargs="+", metavar="SNAPSHOT",
+                   help="a model folder first, then model folders or the run's checkpoint.pt")
+    a.add_argument("-o", "--output", required=True, metavar="MODEL_DIR", help="the averaged model")
+    a.set_defaults(func=run_average)
 
 
 def load_config(name_or_path: str) -> dict:
@@ -78,6 +89,23 @@ def run_train(args) -> int:
                    resume=args.resume, max_minutes=args.max_minutes)
     manifest = export_model(workdir, config, result, command=" ".join(["rtrai", *sys.argv[1:]]))
     print(f"trained to step {result['step']}; model written to {manifest.parent}")
+    return 0
+
+
+def run_ensemble(args) -> int:
+    from rtrai.dose.prediction import join_models
+
+    manifest = join_models(args.models, args.output)
+    print(f"joined {len(args.models)} models into {manifest.parent} (evaluate it before shipping: its metrics are "
+          f"empty)")
+    return 0
+
+
+def run_average(args) -> int:
+    from rtrai.dose.prediction import average_models
+
+    manifest = average_models(args.snapshots, args.output)
+    print(f"averaged {len(args.snapshots)} snapshots into {manifest.parent} (evaluate it before shipping)")
     return 0
 
 

@@ -51,6 +51,10 @@ DEFAULT_CONFIG = {
     # Optional adversarial training (as in Babier et al. 2020): a conditional 3D PatchGAN discriminator judges
     # (inputs, dose) pairs at half resolution, least-squares GAN loss, added to L1 with this weight. None: L1 only.
     "adversarial": None,  # e.g. {"weight": 0.05, "channels": 16, "layers": 3, "lr": 2e-4}
+    # Augmentation of whole volumes besides the left-right flip (against overfitting a few dozen patients): an axial
+    # rotation (degrees), an isotropic scaling (fraction), a shift (voxels) and a CT intensity jitter (fraction).
+    # None: flips only. E.g. {"rotate_deg": 10, "scale": 0.1, "shift_vox": 8, "ct_jitter": 0.05, "probability": 0.5}
+    "augment": None,
 }
 
 
@@ -62,25 +66,38 @@ def build_network(spec: dict):
     kind = spec.get("type", "unet")
     if kind not in ("prior-unet", "unet", "resunet"):
         raise InputError(f"unknown dose network type '{kind}' (use prior-unet, unet or resunet)")
-    unet = UNet(spatial_dims=3, in_channels=len(CHANNELS), out_channels=1, channels=tuple(spec["channels"]),
-                strides=tuple(spec["strides"]), num_res_units=spec.get("num_res_units", 3 if kind == "resunet" else 1),
-                norm="instance", act="PRELU")
+    members = int(spec.get("members", 1))
+    if members < 1 or (members > 1 and kind != "prior-unet"):
+        raise InputError(f"'members: {members}': ensembles are made of prior-unet models (1 or more)")
+
+    def make_unet():
+        return UNet(spatial_dims=3, in_channels=len(CHANNELS), out_channels=1, channels=tuple(spec["channels"]),
+                    strides=tuple(spec["strides"]),
+                    num_res_units=spec.get("num_res_units", 3 if kind == "resunet" else 1), norm="instance",
+                    act="PRELU")
+
     if kind != "prior-unet":
-        return unet
+        return make_unet()
 
     class PriorResidualNet(torch.nn.Module):
-        """Full-resolution prior + upsampled half-resolution correction (see the module docstring)."""
+        """Full-resolution prior + upsampled half-resolution correction (see the module docstring); an ensemble
+        (``members`` > 1, made by :func:`join_models`) averages the corrections of separately trained U-Nets."""
 
         def __init__(self):
             super().__init__()
-            self.unet = unet
+            self.unet = make_unet()
+            self.ensemble = torch.nn.ModuleList(make_unet() for _ in range(members - 1))  # no weights when empty
             self.factor = int(spec.get("downsample", 2))
             self.strides = [self.factor] + list(spec["strides"])  # for input padding: the product must divide
 
         def forward(self, x):
             low = torch.nn.functional.avg_pool3d(x, self.factor)
-            correction = torch.nn.functional.interpolate(self.unet(low), scale_factor=self.factor,
-                                                         mode="trilinear", align_corners=False)
+            correction = self.unet(low)
+            for unet in self.ensemble:
+                correction = correction + unet(low)
+            correction = torch.nn.functional.interpolate(correction / (1 + len(self.ensemble)),
+                                                         scale_factor=self.factor, mode="trilinear",
+                                                         align_corners=False)
             return x[:, PRIOR:PRIOR + 1] + correction
 
     return PriorResidualNet()
@@ -260,6 +277,64 @@ def export_model(workdir: Path, config: dict, result: dict, command: str) -> Pat
     return write_model(workdir / "model", state, manifest)
 
 
+def average_models(sources: list[str], destination: str | os.PathLike) -> Path:
+    """The weight average of snapshots of one training run (as in stochastic weight averaging): the first source is
+    a model folder (its manifest is kept), the others model folders or a run's ``checkpoint.pt``."""
+    import torch
+
+    from rtrai.models import load_state_dict, read_manifest, write_model
+
+    if len(sources) < 2:
+        raise InputError("an average needs at least two snapshots")
+    manifest = read_manifest(sources[0])
+    states = [load_state_dict(manifest)]
+    for source in sources[1:]:
+        if Path(source).is_file() and Path(source).suffix == ".pt":
+            state = torch.load(source, map_location="cpu", weights_only=True)
+            states.append(state.get("network", state))
+        else:
+            states.append(load_state_dict(read_manifest(source)))
+
+    def shapes(state):
+        return {k: tuple(v.shape) for k, v in state.items()}
+
+    if any(shapes(state) != shapes(states[0]) for state in states[1:]):
+        raise ModelError(f"the snapshots {', '.join(sources)} are not of the same network: they cannot be averaged")
+    averaged = {k: sum(state[k].float() for state in states) / len(states) if states[0][k].is_floating_point()
+                else states[0][k] for k in states[0]}
+    manifest = {k: v for k, v in manifest.items() if k not in ("folder", "sha256")}
+    manifest.update(version=f"average of {len(states)}", metrics={})
+    return write_model(destination, averaged, manifest)
+
+
+def join_models(models: list[str], destination: str | os.PathLike) -> Path:
+    """One zoo model averaging the corrections of several prior-unet dose models (same network and inputs): their
+    U-Nets become the members of one network, so the ensemble is one weights file with one checksum."""
+    from rtrai.models import load_state_dict, read_manifest, write_model
+
+    if len(models) < 2:
+        raise InputError("an ensemble needs at least two models")
+    manifests = [read_manifest(m) for m in models]
+    first = manifests[0]
+    base = {k: v for k, v in first["network"].items() if k != "members"}
+    unets = []  # one state dict per U-Net, in order
+    for manifest in manifests:
+        network = {k: v for k, v in manifest["network"].items() if k != "members"}
+        if manifest.get("task") != "dose" or network != base or manifest["inputs"] != first["inputs"]:
+            raise ModelError(f"model '{manifest['name']}' ({manifest['folder']}) is not a dose model with the same "
+                             f"network and inputs as '{first['name']}': it cannot join the ensemble")
+        state = load_state_dict(manifest)
+        prefixes = ["unet."] + [f"ensemble.{i}." for i in range(int(manifest["network"].get("members", 1)) - 1)]
+        unets += [{k[len(p):]: v for k, v in state.items() if k.startswith(p)} for p in prefixes]
+    joined = {f"{'unet' if i == 0 else f'ensemble.{i - 1}'}.{k}": v for i, unet in enumerate(unets)
+              for k, v in unet.items()}
+    manifest = {k: v for k, v in first.items() if k not in ("folder", "sha256")}
+    manifest.update(version="ensemble", network={**base, "members": len(unets)}, metrics={},
+                    training={"members": [{"name": m["name"], "version": m["version"], "sha256": m["sha256"],
+                                           "training": m.get("training")} for m in manifests]})
+    return write_model(destination, joined, manifest)
+
+
 # ---------------------------------------------------------------------------------------------------------- training
 
 
@@ -279,7 +354,43 @@ def _load_cohort(folder: Path, log, limit: int | None = None) -> list[dict]:
     return cases
 
 
-def _sample(cases: list[dict], rng: np.random.Generator, patch, batch: int, multiple: int = 1):
+MASK_CHANNELS = tuple(range(1, 1 + len(OARS))) + (BODY,)  # binary: resampled together as the bits of one channel
+
+
+def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, spec: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A random axial rotation, isotropic scaling and shift of a whole volume (inputs and dose alike), then a CT
+    intensity jitter. Rotation is in the axial plane, where the pixels are square. CT, prior and dose are resampled
+    linearly, masks and target levels by nearest voxel (the binary masks packed as bits of one channel: 5x cheaper).
+    The possible-dose mask moves with the anatomy, so the loss only sees resampled voxels."""
+    import torch
+    import torch.nn.functional as F
+
+    angle = math.radians(rng.uniform(-1, 1) * float(spec.get("rotate_deg", 0)))
+    scale = 1.0 + rng.uniform(-1, 1) * float(spec.get("scale", 0))
+    shift = rng.integers(-int(spec.get("shift_vox", 0)), int(spec.get("shift_vox", 0)) + 1, 3)  # x, y, z voxels
+    size = x.shape[:0:-1]  # x, y, z
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    theta = torch.tensor([[cos, -sin, 0.0, 2.0 * shift[0] / size[0]],
+                          [sin, cos, 0.0, 2.0 * shift[1] / size[1]],
+                          [0.0, 0.0, 1.0 / scale, 2.0 * shift[2] / size[2]]], dtype=torch.float32)[None]
+    bits = sum(x[c].astype(np.int32) << i for i, c in enumerate(MASK_CHANNELS)).astype(np.float32)
+    smooth = torch.from_numpy(np.stack([x[0] + 1.0, x[PRIOR], y]))[None]  # CT + 1: air becomes 0, the padding value
+    nearest = torch.from_numpy(np.stack([bits, x[TARGETS]]))[None]
+    grid = F.affine_grid(theta, [1, 1, *x.shape[1:]], align_corners=False)
+    smooth = F.grid_sample(smooth, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].numpy()
+    nearest = F.grid_sample(nearest, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0].numpy()
+    out = np.empty_like(x)
+    jitter = float(spec.get("ct_jitter", 0))
+    out[0] = (smooth[0] - 1.0) * (1 + rng.uniform(-jitter, jitter)) + rng.uniform(-jitter, jitter)
+    out[PRIOR], out[TARGETS] = smooth[1], nearest[1]
+    packed = nearest[0].astype(np.int32)
+    for i, c in enumerate(MASK_CHANNELS):
+        out[c] = (packed >> i) & 1
+    return out, smooth[2]
+
+
+def _sample(cases: list[dict], rng: np.random.Generator, patch, batch: int, multiple: int = 1,
+            augment: dict | None = None):
     """A batch of crops (``patch``) or of whole volumes (``patch`` None: zero-padded to a common shape, a multiple
     of ``multiple``; the padding is outside the possible-dose mask, so it never enters the loss)."""
     xs, ys = [], []
@@ -288,6 +399,8 @@ def _sample(cases: list[dict], rng: np.random.Generator, patch, batch: int, mult
         x, y = item["x"], item["y"]
         if patch is None:  # whole volumes
             xp, yp = x.astype(np.float32), y.astype(np.float32)
+            if augment and rng.random() < float(augment.get("probability", 1.0)):
+                xp, yp = _augment(xp, yp, rng, augment)
         else:
             body = x[BODY] > 0
             zs, ys_, xs_ = np.nonzero(body[::4, ::4, ::4])  # centre crops on the body (coarse index for speed)
@@ -424,7 +537,7 @@ def train(data: Path, outdir: Path, config: dict | None = None, validation: Path
     started, last_save, running, running_d = time.time(), time.time(), [], []
     network.train()
     while step < cfg["steps"]:
-        x, y = _sample(cases, rng, cfg["patch"], cfg["batch"], multiple)
+        x, y = _sample(cases, rng, cfg["patch"], cfg["batch"], multiple, cfg.get("augment"))
         x, y = torch.from_numpy(x), torch.from_numpy(y)
         mask = x[:, BODY:BODY + 1] > 0
         pred = network(x)

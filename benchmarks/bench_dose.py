@@ -1,0 +1,58 @@
+"""`rtrai dose predict` speed on one OpenKBP case against the bare network forward pass of the same model.
+
+Goal (DosePredict issue): dose inference <= 5 s per OpenKBP case on 2 cores. The whole step (read the OpenKBP CSVs,
+encode the inputs and geometric prior, predict with flip averaging, write Dose.nrrd) is timed against the network's
+forward pass alone on the same encoded array, in the same run: the ratio shows what reading, encoding, the mirrored
+pass and writing add.
+
+    python benchmarks/bench_dose.py [MODEL] [N_PATIENTS]      (MODEL: zoo name or model folder; default hn-dose-openkbp)
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp" / "validation-pats"
+
+
+def main() -> int:
+    if not DATA.is_dir():
+        print(f"skipped: OpenKBP data not found at {DATA}")
+        return 0
+    import torch
+
+    from rtrai.dose.prediction import DosePredictor, _pad_to, encode_inputs
+    from rtrai.io.images import write_image
+
+    model = sys.argv[1] if len(sys.argv) > 1 else "hn-dose-openkbp"
+    count = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    predictor = DosePredictor(model, "cpu")
+    print(f"model {predictor.manifest['name']} ({predictor.manifest['sha256'][:12]}), "
+          f"{torch.get_num_threads()} threads")
+    ours, bare = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for patient in sorted(DATA.iterdir())[:count]:
+            start = time.perf_counter()
+            case = predictor.read(patient)
+            case.dose = predictor.predict(case)
+            write_image(case.dose, Path(tmp) / f"{patient.name}.nrrd")
+            ours.append(time.perf_counter() - start)
+            padded, _ = _pad_to(encode_inputs(case), int(np.prod(predictor.network.strides)))
+            start = time.perf_counter()
+            with torch.inference_mode():
+                predictor.network(torch.from_numpy(padded[None]))
+            bare.append(time.perf_counter() - start)
+            print(f"{patient.name}: rtrai {ours[-1]:.2f} s, bare forward {bare[-1]:.2f} s")
+    print(f"median over {len(ours)} cases: rtrai dose predict step {np.median(ours):.2f} s (read, encode, predict "
+          f"with flip averaging, write; goal <= 5 s: {'met' if np.median(ours) <= 5 else 'NOT met'}); bare network "
+          f"forward {np.median(bare):.2f} s; ratio {np.median(ours) / np.median(bare):.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
