@@ -249,15 +249,21 @@ class DosePredictor:
         return from_array(predict_array(self.network, encode_inputs(case), str(self.device), patch, flip), case.ct)
 
 
-def export_model(workdir: Path, config: dict, result: dict, command: str) -> Path:
-    """Write the best (else the last) weights of a training run as a zoo model in ``workdir/model``."""
+def run_weights(path: Path) -> dict:
+    """The network weights in a training run's file: ``best.pt`` (weights alone) or ``checkpoint.pt`` (with them under
+    ``network``, beside the optimiser and schedule). Tensors only (``weights_only``)."""
     import torch
 
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("network", state)
+
+
+def export_model(workdir: Path, config: dict, result: dict, command: str) -> Path:
+    """Write the best (else the last) weights of a training run as a zoo model in ``workdir/model``."""
     from rtrai.models import write_model
 
     best = workdir / "best.pt"
-    state = torch.load(best if best.is_file() else workdir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    state = state.get("network", state)
+    state = run_weights(best if best.is_file() else workdir / "checkpoint.pt")
     history = result.get("history", [])
     best_entry = min(history, key=lambda h: h["dose_score_gy"]) if history else None
     cfg = {**DEFAULT_CONFIG, **config}
@@ -280,8 +286,6 @@ def export_model(workdir: Path, config: dict, result: dict, command: str) -> Pat
 def average_models(sources: list[str], destination: str | os.PathLike) -> Path:
     """The weight average of snapshots of one training run (as in stochastic weight averaging): the first source is
     a model folder (its manifest is kept), the others model folders or a run's ``checkpoint.pt``."""
-    import torch
-
     from rtrai.models import load_state_dict, read_manifest, write_model
 
     if len(sources) < 2:
@@ -290,8 +294,7 @@ def average_models(sources: list[str], destination: str | os.PathLike) -> Path:
     states = [load_state_dict(manifest)]
     for source in sources[1:]:
         if Path(source).is_file() and Path(source).suffix == ".pt":
-            state = torch.load(source, map_location="cpu", weights_only=True)
-            states.append(state.get("network", state))
+            states.append(run_weights(Path(source)))
         else:
             states.append(load_state_dict(read_manifest(source)))
 
