@@ -104,9 +104,12 @@ def test_tiny_training_resumes_exports_and_predicts(cohort, tmp_path, capsys):
     again = prediction.train(cohort / "patients", work, {**TINY, "steps": 18}, cohort / "patients", resume=True)
     assert again["step"] == 18 and len(again["history"]) == 3
     assert "resumed at step 12" in (work / "train.log").read_text()
+    # CPU time adds up over the chunks of a resumed run (the checkpoint carries it).
+    assert 0 < first["cpu_hours"] <= again["cpu_hours"] and "CPU hours" in (work / "train.log").read_text()
     manifest_path = prediction.export_model(work, {**TINY, "name": "tiny-dose"}, again, command="test")
     manifest = json.loads(manifest_path.read_text())
     assert manifest["task"] == "dose" and len(manifest["sha256"]) == 64
+    assert manifest["training"]["cpu_hours"] == again["cpu_hours"]
 
     out = tmp_path / "pred"
     assert cli.main(["dose", "predict", str(cohort / "patients" / "p1"), "--model", str(manifest_path.parent),
@@ -126,6 +129,49 @@ def test_tiny_training_resumes_exports_and_predicts(cohort, tmp_path, capsys):
     assert cli.main(["dose", "predict", str(cohort / "patients" / "p1"), "--model", str(tmp_path / "tampered"),
                      "-o", str(tmp_path / "nope")]) == 2
     assert "checksum" in capsys.readouterr().err and not (tmp_path / "nope").exists()
+
+
+def test_cropped_cases_train_and_predict_on_the_possible_dose_box_only(cohort, tmp_path):
+    import torch
+
+    case_dir = cohort / "patients" / "p0"
+    full = prediction._load_cohort(cohort / "patients", print, 1)[0]
+    cropped = prediction._load_cohort(cohort / "patients", print, 1, crop_margin=2)[0]
+    body = full["x"][prediction.BODY] > 0
+    lo = [int(np.nonzero(body.any(axis=other))[0][0]) for other in ((1, 2), (0, 2), (0, 1))]
+    hi = [int(np.nonzero(body.any(axis=other))[0][-1]) + 1 for other in ((1, 2), (0, 2), (0, 1))]
+    box = tuple(slice(max(a - 2, 0), min(b + 2, n)) for a, b, n in zip(lo, hi, body.shape))
+    assert prediction.body_box(full["x"], 2) == box
+    np.testing.assert_array_equal(cropped["x"], full["x"][(slice(None),) + box])
+    np.testing.assert_array_equal(cropped["y"], full["y"][box])
+    assert cropped["x"][0].size < full["x"][0].size  # the phantom's body does not fill its volume
+    # Padding shows air in the CT channel, zeros elsewhere.
+    padded, crop = prediction._pad_to(cropped["x"].astype(np.float32), 8)
+    assert padded.shape[1] % 8 == 0 and np.array_equal(padded[(slice(None),) + crop], cropped["x"])
+    if padded.shape[1] > cropped["x"].shape[1]:
+        assert np.all(padded[0, -1] == -1) and np.all(padded[1:, -1] == 0)
+
+    # Inference on the box equals the network on the cropped inputs, pasted back; zero elsewhere.
+    spec = {"type": "prior-unet", "channels": [4, 8], "strides": [2], "num_res_units": 1, "downsample": 2}
+    torch.manual_seed(0)
+    network = prediction.build_network(spec)
+    inputs = prediction.encode_inputs(prediction.DosePredictor.read(case_dir))
+    dose = prediction.predict_array(network, inputs, crop_margin=2)
+    assert dose.shape == inputs.shape[1:] and np.all(dose[inputs[prediction.BODY] == 0] == 0)
+    np.testing.assert_allclose(dose[box], prediction.predict_array(network, inputs[(slice(None),) + box]), atol=1e-6)
+    assert np.abs(dose - prediction.predict_array(network, inputs)).max() > 0  # the field of view matters
+
+    # A cropping run trains, and its model predicts through the manifest's inference settings.
+    work = tmp_path / "work"
+    config = {**TINY, "network": spec, "patch": None, "steps": 4, "validate_every": 2, "crop_margin_vox": 2,
+              "augment": {"rotate_deg": 10, "scale": 0.1, "shift_vox": 2, "probability": 1.0}}
+    result = prediction.train(cohort / "patients", work, config, cohort / "patients")
+    manifest = json.loads(prediction.export_model(work, config, result, command="test").read_text())
+    assert manifest["inference"] == {"flip": True, "crop_margin_vox": 2}
+    predictor = prediction.DosePredictor(str(work / "model"), "cpu")
+    predicted = sitk.GetArrayFromImage(predictor.predict(predictor.read(case_dir)))
+    expected = prediction.predict_array(predictor.network, inputs, flip=True, crop_margin=2)
+    np.testing.assert_allclose(predicted, expected, atol=1e-5)
 
 
 def test_unknown_model_exits_2(cohort, tmp_path, capsys):
@@ -238,6 +284,16 @@ def test_ensemble_averages_its_members_and_is_one_checksummed_model(tmp_path, ca
     capsys.readouterr()
     assert cli.main(["dose", "ensemble", folders[0], str(tmp_path / "other"), "-o", str(tmp_path / "bad")]) == 2
     assert "cannot join" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    # A manifest that spells out a default joins; one that sees its inputs differently (cropped to the body) does not.
+    spelled = {**json.loads((tmp_path / "m1" / "manifest.json").read_text()), "inference": {"crop_margin_vox": None}}
+    write_model(tmp_path / "spelled", prediction.build_network(spec).state_dict(),
+                {k: v for k, v in spelled.items() if k not in ("sha256", "folder")})
+    assert cli.main(["dose", "ensemble", folders[0], str(tmp_path / "spelled"), "-o", str(tmp_path / "ok")]) == 0
+    cropping = {**json.loads((tmp_path / "m1" / "manifest.json").read_text()), "inference": {"crop_margin_vox": 8}}
+    write_model(tmp_path / "cropping", prediction.build_network(spec).state_dict(),
+                {k: v for k, v in cropping.items() if k not in ("sha256", "folder")})
+    assert cli.main(["dose", "ensemble", folders[0], str(tmp_path / "cropping"), "-o", str(tmp_path / "bad")]) == 2
+    assert "cannot join" in capsys.readouterr().err
 
 
 def test_average_of_snapshots_averages_weights(tmp_path, capsys):
