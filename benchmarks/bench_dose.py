@@ -26,12 +26,13 @@ def main() -> int:
         return 0
     import torch
 
-    from rtrai.dose.prediction import DosePredictor, _pad_to, encode_inputs
+    from rtrai.dose.prediction import DosePredictor, _pad_to, body_box, encode_inputs, inference_settings
     from rtrai.io.images import write_image
 
     model = sys.argv[1] if len(sys.argv) > 1 else "hn-dose-openkbp"
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     predictor = DosePredictor(model, "cpu")
+    margin = inference_settings(predictor.manifest)["crop_margin_vox"]
     print(f"model {predictor.manifest['name']} ({predictor.manifest['sha256'][:12]}), "
           f"{torch.get_num_threads()} threads")
     ours, bare = [], []
@@ -42,7 +43,10 @@ def main() -> int:
             case.dose = predictor.predict(case)
             write_image(case.dose, Path(tmp) / f"{patient.name}.nrrd")
             ours.append(time.perf_counter() - start)
-            padded, _ = _pad_to(encode_inputs(case), int(np.prod(predictor.network.strides)))
+            inputs = encode_inputs(case)
+            if margin is not None:  # the forward pass sees what the model's inference sees: the possible-dose box
+                inputs = inputs[(slice(None),) + body_box(inputs, int(margin))]
+            padded, _ = _pad_to(inputs, int(np.prod(predictor.network.strides)))
             start = time.perf_counter()
             with torch.inference_mode():
                 predictor.network(torch.from_numpy(padded[None]))
