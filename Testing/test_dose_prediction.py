@@ -232,6 +232,21 @@ def test_resumed_schedule_is_retimed_to_the_new_step_count():
     assert schedule.get_last_lr()[0] < 1e-6  # annealed at the new end, not half-way through the old cycle
 
 
+def test_structure_weight_counts_oar_and_target_voxels_more_and_ignores_voxels_outside_the_possible_dose():
+    import torch
+
+    x = torch.zeros(1, len(prediction.CHANNELS), 1, 1, 4)
+    x[0, prediction.BODY, 0, 0, :3] = 1  # voxels 0-2 may receive dose, voxel 3 may not
+    x[0, 1 + prediction.OARS.index("Larynx"), 0, 0, 0] = 1
+    x[0, prediction.TARGETS, 0, 0, 1] = 60 / prediction.DOSE_SCALE_GY
+    y = torch.zeros(1, 1, 1, 1, 4)
+    pred = torch.tensor([1.0, 2.0, 4.0, 100.0]).reshape(y.shape)
+    loss, plain = prediction.weighted_l1(pred, y, x, 0.0)
+    assert float(loss) == pytest.approx(7 / 3) and plain == pytest.approx(7 / 3)
+    loss, plain = prediction.weighted_l1(pred, y, x, 1.0)
+    assert float(loss) == pytest.approx((2 * 1 + 2 * 2 + 4) / 5) and plain == pytest.approx(7 / 3)
+
+
 def test_adversarial_mode_trains_checkpoints_the_discriminator_and_resumes(cohort, tmp_path):
     import torch
 
