@@ -245,6 +245,8 @@ def test_structure_weight_counts_oar_and_target_voxels_more_and_ignores_voxels_o
     assert float(loss) == pytest.approx(7 / 3) and plain == pytest.approx(7 / 3)
     loss, plain = prediction.weighted_l1(pred, y, x, 1.0)
     assert float(loss) == pytest.approx((2 * 1 + 2 * 2 + 4) / 5) and plain == pytest.approx(7 / 3)
+    x[0, prediction.TARGETS, 0, 0, 1] = 30 / prediction.DOSE_SCALE_GY  # a low-prescription target counts too
+    assert float(prediction.weighted_l1(pred, y, x, 1.0)[0]) == pytest.approx((2 * 1 + 2 * 2 + 4) / 5)
 
 
 def test_adversarial_mode_trains_checkpoints_the_discriminator_and_resumes(cohort, tmp_path):

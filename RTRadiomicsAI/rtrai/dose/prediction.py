@@ -510,7 +510,8 @@ def weighted_l1(pred, y, x, structure_weight: float = 0.0):
     """The training loss: the mean absolute error over the possible-dose voxels, where voxels inside an OAR or a target
     weigh ``1 + structure_weight``; returned with the plain (unweighted) mean, logged comparably between weightings."""
     mask = (x[:, BODY:BODY + 1] > 0).float()
-    inside = (x[:, 1:TARGETS + 1] > 0.5).any(dim=1, keepdim=True)  # the OAR and target channels
+    # The OAR and target channels; > 0, as a target's value is its Rx / 70 Gy (masks stay binary under augmentation).
+    inside = (x[:, 1:TARGETS + 1] > 0).any(dim=1, keepdim=True)
     weight = mask * (1 + structure_weight * inside)
     error = (pred - y).abs()
     plain = float((error * mask).sum() / mask.sum().clamp(min=1))
@@ -599,10 +600,10 @@ def train(data: Path, outdir: Path, config: dict | None = None, validation: Path
     while step < cfg["steps"]:
         x, y = _sample(cases, rng, cfg["patch"], cfg["batch"], multiple, cfg.get("augment"))
         x, y = torch.from_numpy(x), torch.from_numpy(y)
-        mask = (x[:, BODY:BODY + 1] > 0).float()
         pred = network(x)
         loss, l1 = weighted_l1(pred, y, x, cfg["structure_weight"])
         if adversarial:
+            mask = (x[:, BODY:BODY + 1] > 0).float()
             g_loss, d_loss = _adversarial_step(discriminator, d_optimiser, x, y, pred, mask,
                                                float(adversarial.get("weight", 0.05)))
             loss = loss + g_loss
