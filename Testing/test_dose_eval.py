@@ -288,3 +288,21 @@ def test_dvh_mask_and_cli(tmp_path, rtrai_cli):
     assert s.total_cc == pytest.approx(8 * 0.5 * 2.5 * 2.5 * 3.0 / 1000)
     assert rtrai_cli(["dvh", "--dose", str(dose_path), "--structures", str(struct_path), "--metrics", "D95",
                       "-o", str(tmp_path / "bad")]) == 2
+
+
+def test_shipped_model_reproduces_its_validation_scores(openkbp_pt201, tmp_path, rtrai_cli):
+    """`hn-dose-openkbp` on two validation patients gives the per-patient scores recorded when it was shipped."""
+    from rtrai.models import read_manifest
+
+    assert read_manifest("hn-dose-openkbp")["version"] == "3"  # the numbers below belong to version 3
+    recorded = {"pt_201": (3.0812, 2.8503), "pt_202": (3.5759, 1.7380)}  # (dose, DVH score) in Gy
+    for patient in recorded:
+        assert rtrai_cli(["dose", "predict", str(openkbp_pt201.parent / patient), "-o", str(tmp_path / "pred" / patient),
+                          "--format", "openkbp"]) == 0
+    assert rtrai_cli(["dose", "evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(openkbp_pt201.parent),
+                      "-o", str(tmp_path / "eval")]) == 0
+    scores = {p["patient"]: p for p in json.loads((tmp_path / "eval" / "scores.json").read_text())["per_patient"]}
+    assert sorted(scores) == sorted(recorded)
+    for patient, (dose_score, dvh_score) in recorded.items():
+        assert scores[patient]["dose_score_gy"] == pytest.approx(dose_score, abs=0.01)
+        assert scores[patient]["dvh_score_gy"] == pytest.approx(dvh_score, abs=0.02)

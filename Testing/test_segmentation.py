@@ -284,6 +284,23 @@ def test_tiny_training_learns_and_resumes_bit_identically(synthetic_cohort, tmp_
         assert torch.equal(value, b["model"][key]), key
 
 
+def test_warm_start_begins_from_the_given_model_and_refuses_another_network(synthetic_cohort, tmp_path):
+    from rtrai.segmentation.train import LOG, train
+
+    first = read_manifest(train(synthetic_cohort, tiny_config(steps=3), tmp_path / "first"))
+    # zero steps from the first model: the exported weights are the first model's, byte for byte
+    warm = read_manifest(train(synthetic_cohort, tiny_config(steps=3, init=str(tmp_path / "first" / "model")),
+                               tmp_path / "warm", max_steps=0))
+    assert warm["sha256"] == first["sha256"]
+    log = (tmp_path / "warm" / LOG).read_text()
+    assert f"weights initialised from tiny version 1 (sha256 {first['sha256'][:12]})" in log
+    cold = read_manifest(train(synthetic_cohort, tiny_config(steps=3), tmp_path / "cold", max_steps=0))
+    assert cold["sha256"] != first["sha256"]
+    with pytest.raises(InputError, match="labels"):
+        train(synthetic_cohort, tiny_config(steps=3, labels=["Brainstem"], init=str(tmp_path / "first" / "model")),
+              tmp_path / "other")
+
+
 def test_tiny_training_reduces_the_loss(synthetic_cohort, tmp_path):
     from rtrai.segmentation.train import LOG, train
 

@@ -40,6 +40,9 @@ DEFAULTS: dict = {
     # Two-stage (localise at low resolution, segment a crop at full resolution): a factor > 1 trains the
     # localiser on the whole volume down-sampled by it; inference then crops around what the localiser finds.
     "downsample": 1,
+    # Warm start: a zoo model name or model folder whose weights (same network, inputs and labels) the run starts
+    # from instead of a random initialisation; the schedule, optimiser and step count start afresh.
+    "init": None,
 }
 
 

@@ -119,7 +119,9 @@ def train(data: str | os.PathLike, config: dict | None, workdir: str | os.PathLi
         torch.set_rng_state(state["torch_rng"])
         step, best, cpu_before = int(state["step"]), float(state["best"]), float(state.get("cpu_seconds", 0.0))
         log(f"resumed at step {step} (best validation mean DSC so far {best:.3f})")
-    else:
+    elif config.get("init"):
+        log(f"weights initialised from {_warm_start(model, config)}")
+    if not resume:
         log(f"config: {json.dumps(config)}")
         log(f"network: {config['network']['arch']}, {sum(p.numel() for p in model.parameters())} parameters")
 
@@ -178,6 +180,20 @@ def train(data: str | os.PathLike, config: dict | None, workdir: str | os.PathLi
         _export(model, workdir / MODEL, config, str(data), step, {}, command, cpu_seconds())
     log(f"stopped at step {step}; cpu {cpu_seconds() / 3600:.2f} h")
     return workdir / MODEL
+
+
+def _warm_start(model, config: dict) -> str:
+    """Load the weights of ``config['init']`` into ``model``; returns what was loaded (name, version, sha256)."""
+    from rtrai.models import load_state_dict, read_manifest
+
+    manifest = read_manifest(config["init"])
+    for key in ("network", "labels"):
+        if manifest.get(key) != config[key]:
+            raise InputError(f"init model {config['init']} has {key} {manifest.get(key)}, the config {config[key]}")
+    if [i["name"] for i in manifest["inputs"]] != [i["name"] for i in config["inputs"]]:
+        raise InputError(f"init model {config['init']} has other input channels than the config")
+    model.load_state_dict(load_state_dict(manifest))
+    return f"{manifest['name']} version {manifest['version']} (sha256 {manifest['sha256'][:12]})"
 
 
 def _validation_samples(config: dict, log) -> list:
