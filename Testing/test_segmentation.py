@@ -473,6 +473,11 @@ def test_segment_train_command_with_yaml_config_and_resume(synthetic_cohort, tmp
     log = (work / "train.log").read_text()
     assert "resumed at step 2" in log and "step 5/5" in log
     assert read_manifest(work / "model")["training"]["steps"] == 5
+    # --init warm-starts a new run from a model (here the run above), the way hn-oar-ct version 2 was trained
+    assert rtrai("segment", "train", "--data", synthetic_cohort, "-o", work, "--resume", "--init", work / "model") == 2
+    assert rtrai("segment", "train", "--data", synthetic_cohort, "--config", tmp_path / "tiny.yaml", "-o",
+                 tmp_path / "warm", "--init", work / "model", "--max-steps", "0") == 0
+    assert read_manifest(tmp_path / "warm" / "model")["sha256"] == read_manifest(work / "model")["sha256"]
 
 
 def test_segment_dicom_folder_to_rtstruct(openkbp_pt201, model_for_cli, tmp_path):

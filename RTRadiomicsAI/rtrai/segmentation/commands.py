@@ -39,6 +39,8 @@ def register(sub) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run in WORKDIR from its checkpoint")
     train.add_argument("--max-steps", type=int, help="stop after this many more steps (the schedule is unchanged)")
     train.add_argument("--steps", type=int, help="total steps of the schedule (overrides the config)")
+    train.add_argument("--init", metavar="MODEL", help="warm start from this zoo model or model folder (overrides the "
+                                                       "config's init)")
     seg.set_defaults(func=run_segment)
 
     evaluate = nested(sub, "evaluate", "evaluate predictions against references", metavar="WHAT")
@@ -154,6 +156,10 @@ def run_train(args) -> int:
         config["validation"]["data"] = args.val_data
     if config is not None and args.steps:
         config["steps"] = int(args.steps)
+    if args.init:
+        if config is None:
+            raise InputError("--init starts a new run; a resumed run continues from its checkpoint")
+        config["init"] = args.init
     folder = train(args.data, config, args.output, resume=args.resume, max_steps=args.max_steps,
                    command=main_command(), progress=default("Loading cases"), steps=args.steps)
     print(f"best model in {folder}")
