@@ -297,8 +297,8 @@ def test_shipped_model_reproduces_its_validation_scores(openkbp_pt201, tmp_path,
     assert read_manifest("hn-dose-openkbp")["version"] == "3"  # the numbers below belong to version 3
     recorded = {"pt_201": (3.0812, 2.8503), "pt_202": (3.5759, 1.7380)}  # (dose, DVH score) in Gy
     for patient in recorded:
-        assert rtrai_cli(["dose", "predict", str(openkbp_pt201.parent / patient), "-o", str(tmp_path / "pred" / patient),
-                          "--format", "openkbp"]) == 0
+        source, pred = openkbp_pt201.parent / patient, tmp_path / "pred" / patient
+        assert rtrai_cli(["dose", "predict", str(source), "-o", str(pred), "--format", "openkbp"]) == 0
     assert rtrai_cli(["dose", "evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(openkbp_pt201.parent),
                       "-o", str(tmp_path / "eval")]) == 0
     scores = {p["patient"]: p for p in json.loads((tmp_path / "eval" / "scores.json").read_text())["per_patient"]}

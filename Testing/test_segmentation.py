@@ -284,7 +284,7 @@ def test_tiny_training_learns_and_resumes_bit_identically(synthetic_cohort, tmp_
         assert torch.equal(value, b["model"][key]), key
 
 
-def test_warm_start_begins_from_the_given_model_and_refuses_another_network(synthetic_cohort, tmp_path):
+def test_warm_start_begins_from_the_given_model_and_refuses_other_labels(synthetic_cohort, tmp_path):
     from rtrai.segmentation.train import LOG, train
 
     first = read_manifest(train(synthetic_cohort, tiny_config(steps=3), tmp_path / "first"))
