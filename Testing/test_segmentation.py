@@ -338,8 +338,11 @@ def test_segment_openkbp_patient_to_seg_nrrd_and_openkbp(openkbp_pt201, model_fo
                         sitk.GetArrayFromImage(reference.structures["Bone_Mandible"]))
         assert mandible > 0.6
 
+    assert prov["models"][0]["mirror"] == bool(read_manifest(model_for_cli)["inference"].get("mirror", False))
+
     assert rtrai("segment", openkbp_pt201, "-o", tmp_path / "kbp", "--model", model_for_cli, "--format",
-                 "openkbp") == 0
+                 "openkbp", "--no-mirror") == 0
+    assert json.loads((tmp_path / "kbp" / "provenance.json").read_text())["models"][0]["mirror"] is False
     written = {p.name for p in (tmp_path / "kbp").iterdir()}
     assert "provenance.json" in written
     assert written - {"provenance.json"} <= {"Brainstem.csv", "SpinalCord.csv", "LeftParotid.csv",
@@ -438,6 +441,25 @@ def test_two_stage_model_segments_only_where_the_localiser_looks(tmp_path):
     np.testing.assert_allclose(Segmenter(str(main), "cpu").probabilities(image), alone, atol=1e-5)
     localiser(-20.0)
     assert not Segmenter(str(main), "cpu").probabilities(image).any()
+
+
+def test_mirror_averages_with_the_mirrored_image_and_swaps_sides(tmp_path):
+    """Test-time mirroring makes the prediction lateral-equivariant: segmenting the mirrored patient gives the
+    mirrored segmentation with Parotid_L and Parotid_R exchanged (an unswapped average would not)."""
+    from rtrai.segmentation.inference import Segmenter
+
+    labels = ["Brainstem", "Parotid_L", "Parotid_R"]
+    model = str(tiny_model(tmp_path / "m", labels, patch=(16, 16, 16)))
+    plain, mirrored = Segmenter(model, "cpu"), Segmenter(model, "cpu", mirror=True)
+    assert not plain.info["mirror"] and mirrored.info["mirror"]
+    image = plain.preprocess(synthetic_case(0))[0]
+    flipped = np.ascontiguousarray(image[..., ::-1])
+    swap = [0, 2, 1]
+    direct, other = plain.probabilities(image), plain.probabilities(flipped)[swap, ..., ::-1]
+    assert np.abs(direct - other).max() > 1e-3  # the untrained net is not symmetric by itself
+    both = mirrored.probabilities(image)
+    np.testing.assert_allclose(both, (direct + other) / 2, atol=1e-5)
+    np.testing.assert_allclose(mirrored.probabilities(flipped), both[swap, ..., ::-1], atol=1e-5)
 
 
 def test_segment_image_file_and_folder_of_patients(openkbp_pt201, model_for_cli, tmp_path):

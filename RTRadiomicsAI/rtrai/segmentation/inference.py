@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from rtrai.core.case import Case
 from rtrai.core.errors import InputError, ModelError
 from rtrai.models.device import pick_device
-from rtrai.segmentation.data import channel_images, check_intensities, downsample, orient, window
+from rtrai.segmentation.data import channel_images, check_intensities, downsample, lateral_pairs, orient, window
 
 MIN_VOXELS = 16  # per axis, on the model's grid: less cannot hold an organ at the model's resolution
 SPACING_SLACK = 1.25  # how far outside the training spacings an image is still segmented without resampling
@@ -33,11 +33,20 @@ def predict_probabilities(model, image: np.ndarray, config: dict, device=None) -
     tensor = torch.as_tensor(np.ascontiguousarray(work), dtype=torch.float32)[None]
     if device is not None:
         tensor = tensor.to(device)
-    with torch.no_grad():
-        logits = sliding_window_inference(tensor, roi_size=tuple(config["patch"]), sw_batch_size=2, predictor=model,
+
+    def window_probabilities(volume):
+        logits = sliding_window_inference(volume, roi_size=tuple(config["patch"]), sw_batch_size=2, predictor=model,
                                           overlap=float(settings.get("overlap", 0.25)),
                                           mode=settings.get("mode", "gaussian"), padding_mode="constant", cval=-1.0)
-        prob = torch.sigmoid(logits)
+        return torch.sigmoid(logits)
+
+    with torch.no_grad():
+        prob = window_probabilities(tensor)
+        if settings.get("mirror"):  # test-time lateral mirror: the mirrored image's left organs are its right ones
+            order = list(range(prob.shape[1]))
+            for a, b in lateral_pairs(config["labels"]):
+                order[a], order[b] = b, a
+            prob = (prob + window_probabilities(tensor.flip(-1)).flip(-1)[:, order]) / 2
         if factor > 1:
             prob = torch.nn.functional.interpolate(prob, size=shape, mode="trilinear", align_corners=False)
     return prob[0].float().cpu().numpy()
@@ -56,11 +65,14 @@ def predict_array(model, image: np.ndarray, config: dict, device=None) -> np.nda
 class Segmenter:
     """A loaded zoo model (by name, folder or manifest path) that segments cases."""
 
-    def __init__(self, model: str = "hn-oar-ct", device: str = "auto"):
+    def __init__(self, model: str = "hn-oar-ct", device: str = "auto", mirror: bool | None = None):
+        """``mirror``: average with the lateral mirror image (twice the time); None: as the model's manifest says."""
         from rtrai.models import load_state_dict, read_manifest
         from rtrai.segmentation.networks import build_network
 
         self.manifest = read_manifest(model)
+        if mirror is not None:
+            self.manifest["inference"] = {**self.manifest.get("inference", {}), "mirror": bool(mirror)}
         self.device = pick_device(device)
         self.labels = list(self.manifest["labels"])
         self.inputs = list(self.manifest["inputs"])
@@ -79,7 +91,8 @@ class Segmenter:
 
     @property
     def info(self) -> dict:
-        return {"name": self.manifest["name"], "version": self.manifest["version"], "sha256": self.manifest["sha256"]}
+        return {"name": self.manifest["name"], "version": self.manifest["version"], "sha256": self.manifest["sha256"],
+                "mirror": bool(self.manifest.get("inference", {}).get("mirror", False))}
 
     def working_grid(self, image: sitk.Image) -> sitk.Image | None:
         """A reference grid to resample to, or None when the image's spacing is close to the training spacings."""
