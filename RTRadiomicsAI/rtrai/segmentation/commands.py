@@ -34,7 +34,7 @@ def register(sub) -> None:
     run.add_argument("--format", default="nrrd", choices=FORMATS, dest="fmt")
     run.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                      help="average with the lateral mirror image (test-time augmentation: twice the inference time, "
-                          "hn-oar-ct's mean DSC +0.003); default: as the model's manifest says")
+                          "hn-oar-ct's mean DSC +0.004); default: as the model's manifest says")
     train = seg.add_argument_group("training (rtrai segment train ...)")
     train.add_argument("--data", help="folder of training patients (OpenKBP, case or DICOM folders)")
     train.add_argument("--config", help="training config: YAML/JSON file or shipped name (hn-oar-ct, ptv70)")
