@@ -6,7 +6,7 @@ gaussian blending; on the mirrored image too when the model mirrors) on the same
 run: it has no I/O, no thresholding, no post-processing, so the ratio shows what our reading, post-processing and
 writing add.
 
-    python benchmarks/bench_segment.py [MODEL] [N_PATIENTS]      (MODEL: zoo name or model folder; default hn-oar-ct)
+    python benchmarks/bench_segment.py [MODEL] [N_PATIENTS] [--mirror]   (MODEL: zoo name or folder; default hn-oar-ct)
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ def big_ct(reference: sitk.Image) -> sitk.Image:
     return sitk.Resample(reference, grid, sitk.Transform(), sitk.sitkLinear, -1024, sitk.sitkInt16)
 
 
-def run_big(model: str) -> None:
+def run_big(model: str, mirror: bool | None) -> None:
     """Child process: segment a 512x512x150 CT and print wall time and peak resident memory."""
     from rtrai.core.case import Case
     from rtrai.io.case_io import read_case
     from rtrai.segmentation.inference import Segmenter
 
     ct = big_ct(read_case(DATA / "pt_201").ct)
-    segmenter = Segmenter(model, "cpu")
+    segmenter = Segmenter(model, "cpu", mirror=mirror)
     start = time.perf_counter()
     masks = segmenter.segment(Case(ct=ct, metadata={"patient_id": "big"}))
     seconds = time.perf_counter() - start
@@ -55,11 +55,13 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"skipped: OpenKBP data not found at {DATA}")
         return 0
-    if len(sys.argv) > 2 and sys.argv[1] == "--big":
-        run_big(sys.argv[2])
+    args = [a for a in sys.argv[1:] if a != "--mirror"]
+    mirror = True if "--mirror" in sys.argv else None  # None: as the model's manifest says
+    if len(args) > 1 and args[0] == "--big":
+        run_big(args[1], mirror)
         return 0
-    model = sys.argv[1] if len(sys.argv) > 1 else "hn-oar-ct"
-    count = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    model = args[0] if args else "hn-oar-ct"
+    count = int(args[1]) if len(args) > 1 else 5
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -68,7 +70,7 @@ def main() -> int:
     from rtrai.segmentation.inference import Segmenter
 
     torch.set_num_threads(2)
-    segmenter = Segmenter(model, "cpu")
+    segmenter = Segmenter(model, "cpu", mirror=mirror)
     settings = segmenter.manifest["inference"]
     # a mirroring model runs the network on the image and on its mirror: the reference does both passes too
     views = [lambda a: a, lambda a: a.flip(-1)] if settings.get("mirror") else [lambda a: a]
@@ -91,7 +93,7 @@ def main() -> int:
           f"(goal <= 5 s)")
     print(f"plain MONAI sliding_window_inference, same network and passes: median {np.median(plain):.2f} s per case; "
           f"ratio {np.median(ours) / np.median(plain):.2f}")
-    subprocess.run([sys.executable, __file__, "--big", model], check=False)
+    subprocess.run([sys.executable, __file__, "--big", model] + (["--mirror"] if mirror else []), check=False)
     return 0
 
 
