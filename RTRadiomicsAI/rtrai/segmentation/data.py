@@ -194,10 +194,10 @@ class PatchSampler:
                 "present": sample.present.astype(np.float32)}
 
 
-def lateral_pairs(labels: list[str]) -> list[tuple[int, int]]:
-    """Index pairs of left/right label channels (Parotid_L <-> Parotid_R) in a label list."""
+def lateral_order(labels: list[str]) -> list[int]:
+    """The label channel order of the mirrored patient: each left channel (Parotid_L) takes its right twin's place."""
     index = {name: i for i, name in enumerate(labels)}
-    return [(index[a], index[b]) for a, b in LATERAL_PAIRS.items() if a in index and b in index and a < b]
+    return [index.get(LATERAL_PAIRS.get(name), i) for i, name in enumerate(labels)]
 
 
 def augmentation(config: dict):
@@ -207,7 +207,7 @@ def augmentation(config: dict):
                                   RandScaleIntensityd, RandShiftIntensityd)
 
     aug = config["augment"]
-    pairs = lateral_pairs(config["labels"])
+    order = lateral_order(config["labels"])
 
     class RandLateralFlipd(RandomizableTransform, MapTransform):
         """Mirror left-right (the last array axis) and swap the left/right label channels and their 'present'."""
@@ -220,7 +220,7 @@ def augmentation(config: dict):
             self.randomize(None)
             if not self._do_transform:
                 return data
-            return lateral_flip(data, pairs)
+            return lateral_flip(data, order)
 
     angle = np.deg2rad(float(aug["rotate_deg"]))
     return Compose([
@@ -233,16 +233,12 @@ def augmentation(config: dict):
     ])
 
 
-def lateral_flip(data: dict, pairs: list[tuple[int, int]]) -> dict:
-    """Mirror along x and swap left/right label channels (and whether each was contoured)."""
+def lateral_flip(data: dict, order: list[int]) -> dict:
+    """Mirror along x and swap left/right label channels (and whether each was contoured); ``order``: lateral_order."""
     out = dict(data)
     out["image"] = np.ascontiguousarray(np.flip(np.asarray(data["image"]), axis=-1))
-    label = np.flip(np.asarray(data["label"]), axis=-1).copy()
-    present = np.array(data["present"], copy=True)
-    for left, right in pairs:
-        label[[left, right]] = label[[right, left]]
-        present[[left, right]] = present[[right, left]]
-    out["label"], out["present"] = label, present
+    out["label"] = np.ascontiguousarray(np.flip(np.asarray(data["label"]), axis=-1)[order])
+    out["present"] = np.asarray(data["present"])[order]
     return out
 
 

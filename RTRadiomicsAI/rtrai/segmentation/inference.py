@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from rtrai.core.case import Case
 from rtrai.core.errors import InputError, ModelError
 from rtrai.models.device import pick_device
-from rtrai.segmentation.data import channel_images, check_intensities, downsample, lateral_pairs, orient, window
+from rtrai.segmentation.data import channel_images, check_intensities, downsample, lateral_order, orient, window
 
 MIN_VOXELS = 16  # per axis, on the model's grid: less cannot hold an organ at the model's resolution
 SPACING_SLACK = 1.25  # how far outside the training spacings an image is still segmented without resampling
@@ -43,9 +43,7 @@ def predict_probabilities(model, image: np.ndarray, config: dict, device=None) -
     with torch.no_grad():
         prob = window_probabilities(tensor)
         if settings.get("mirror"):  # test-time lateral mirror: the mirrored image's left organs are its right ones
-            order = list(range(prob.shape[1]))
-            for a, b in lateral_pairs(config["labels"]):
-                order[a], order[b] = b, a
+            order = lateral_order(config["labels"])
             prob = (prob + window_probabilities(tensor.flip(-1)).flip(-1)[:, order]) / 2
         if factor > 1:
             prob = torch.nn.functional.interpolate(prob, size=shape, mode="trilinear", align_corners=False)
