@@ -166,11 +166,11 @@ def test_network_variants_keep_the_patch_shape(arch):
 
 # ---- model zoo -----------------------------------------------------------------------------------------------
 
-def tiny_model(folder: Path, labels=OARS, patch=(32, 32, 32)) -> Path:
+def tiny_model(folder: Path, labels=OARS, patch=(32, 32, 32), seed=0) -> Path:
     from rtrai.segmentation.networks import build_network
     from rtrai.segmentation.train import manifest_for
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = tiny_config(labels=list(labels), patch=list(patch))
     config["spacing_mm"] = [[3.5, 3.5, 2.0], [5.5, 5.5, 3.5]]
     net = build_network(config["network"], 1, len(labels))
@@ -500,6 +500,36 @@ def test_segment_train_command_with_yaml_config_and_resume(synthetic_cohort, tmp
     assert rtrai("segment", "train", "--data", synthetic_cohort, "--config", tmp_path / "tiny.yaml", "-o",
                  tmp_path / "warm", "--init", work / "model", "--max-steps", "0") == 0
     assert read_manifest(tmp_path / "warm" / "model")["sha256"] == read_manifest(work / "model")["sha256"]
+    # --seed sets a new run's seed (the config keeps the rest); a resumed run keeps its own
+    assert rtrai("segment", "train", "--data", synthetic_cohort, "--config", tmp_path / "tiny.yaml", "-o",
+                 tmp_path / "seeded", "--seed", "7", "--max-steps", "0") == 0
+    assert json.loads((tmp_path / "seeded" / "config.json").read_text())["seed"] == 7
+    assert rtrai("segment", "train", "--data", synthetic_cohort, "-o", work, "--resume", "--seed", "7") == 2
+
+
+def test_segment_average_is_one_model_with_the_mean_weights(tmp_path, capsys):
+    from rtrai.segmentation.inference import Segmenter
+
+    a, b = tiny_model(tmp_path / "a"), tiny_model(tmp_path / "b", seed=1)
+    assert rtrai("segment", "average", a, b, "-o", tmp_path / "soup") == 0
+    soup = read_manifest(tmp_path / "soup")
+    assert soup["version"] == "average of 2" and soup["labels"] == OARS
+    assert [m["sha256"] for m in soup["training"]["averaged_from"]] == [read_manifest(m)["sha256"] for m in (a, b)]
+    mean, first, second = (load_state_dict(read_manifest(m)) for m in (tmp_path / "soup", a, b))
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    for key in mean:  # fp16 weights: equal to the mean up to half precision
+        torch.testing.assert_close(mean[key], (first[key] + second[key]) / 2, atol=2e-3, rtol=1e-3)
+    Segmenter(str(tmp_path / "soup"), "cpu")  # loads by checksum as any model
+    # A run's checkpoint (weights under "model", beside the optimiser) is a snapshot too.
+    torch.save({"model": second, "optimiser": {}, "step": 3}, tmp_path / "checkpoint.pt")
+    assert rtrai("segment", "average", a, tmp_path / "checkpoint.pt", "-o", tmp_path / "soup2") == 0
+    assert read_manifest(tmp_path / "soup2")["sha256"] == soup["sha256"]
+    # Models of other labels are not averaged, and nothing is written; segmenting takes one INPUT.
+    capsys.readouterr()
+    assert rtrai("segment", "average", a, tiny_model(tmp_path / "c", labels=OARS[:3]), "-o", tmp_path / "bad") == 2
+    assert "cannot be averaged" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert rtrai("segment", "average", a, "-o", tmp_path / "bad") == 2
+    assert rtrai("segment", a, b, "-o", tmp_path / "bad") == 2 and not (tmp_path / "bad").exists()
 
 
 def test_segment_dicom_folder_to_rtstruct(openkbp_pt201, model_for_cli, tmp_path):

@@ -102,7 +102,7 @@ def run_ensemble(args) -> int:
 
 
 def run_average(args) -> int:
-    from rtrai.dose.prediction import average_models
+    from rtrai.models import average_models
 
     manifest = average_models(args.snapshots, args.output)
     print(f"averaged {len(args.snapshots)} snapshots into {manifest.parent} (evaluate it before shipping)")

@@ -283,18 +283,9 @@ class DosePredictor:
         return from_array(dose, case.ct)
 
 
-def run_weights(path: Path) -> dict:
-    """The network weights in a training run's file: ``best.pt`` (weights alone) or ``checkpoint.pt`` (with them under
-    ``network``, beside the optimiser and schedule). Tensors only (``weights_only``)."""
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("network", state)
-
-
 def export_model(workdir: Path, config: dict, result: dict, command: str) -> Path:
     """Write the best (else the last) weights of a training run as a zoo model in ``workdir/model``."""
-    from rtrai.models import write_model
+    from rtrai.models import run_weights, write_model
 
     best = workdir / "best.pt"
     state = run_weights(best if best.is_file() else workdir / "checkpoint.pt")
@@ -316,33 +307,6 @@ def export_model(workdir: Path, config: dict, result: dict, command: str) -> Pat
                     "selected_at_step": best_entry["step"] if best_entry else None},
     }
     return write_model(workdir / "model", state, manifest)
-
-
-def average_models(sources: list[str], destination: str | os.PathLike) -> Path:
-    """The weight average of snapshots of one training run (as in stochastic weight averaging): the first source is
-    a model folder (its manifest is kept), the others model folders or a run's ``checkpoint.pt``."""
-    from rtrai.models import load_state_dict, read_manifest, write_model
-
-    if len(sources) < 2:
-        raise InputError("an average needs at least two snapshots")
-    manifest = read_manifest(sources[0])
-    states = [load_state_dict(manifest)]
-    for source in sources[1:]:
-        if Path(source).is_file() and Path(source).suffix == ".pt":
-            states.append(run_weights(Path(source)))
-        else:
-            states.append(load_state_dict(read_manifest(source)))
-
-    def shapes(state):
-        return {k: tuple(v.shape) for k, v in state.items()}
-
-    if any(shapes(state) != shapes(states[0]) for state in states[1:]):
-        raise ModelError(f"the snapshots {', '.join(sources)} are not of the same network: they cannot be averaged")
-    averaged = {k: sum(state[k].float() for state in states) / len(states) if states[0][k].is_floating_point()
-                else states[0][k] for k in states[0]}
-    manifest = {k: v for k, v in manifest.items() if k not in ("folder", "sha256")}
-    manifest.update(version=f"average of {len(states)}", metrics={})
-    return write_model(destination, averaged, manifest)
 
 
 def inference_settings(manifest: dict) -> dict:

@@ -107,3 +107,52 @@ def write_model(folder: str | os.PathLike, state_dict: dict, manifest: dict, hal
     manifest = {k: v for k, v in manifest.items() if k != "folder"}
     manifest.update(weights=weights.name, sha256=sha256_file(weights))
     return write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def run_weights(path: str | os.PathLike) -> dict:
+    """The network weights in a training run's file: weights alone (``best.pt``) or a checkpoint that holds them under
+    ``network`` (dose runs) or ``model`` (segmentation runs) beside the optimiser and schedule. Tensors only."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("network", state.get("model", state))
+
+
+def average_models(sources: list[str], destination: str | os.PathLike) -> Path:
+    """The weight average of snapshots of one network (stochastic weight averaging of one run, or a "model soup" of
+    runs warm-started from one model): the first source is a model folder or zoo name (its manifest is kept), the
+    others model folders, zoo names or a run's checkpoint file. Models must agree on network, inputs and labels."""
+    from rtrai.core.errors import InputError
+
+    if len(sources) < 2:
+        raise InputError("an average needs at least two snapshots")
+    def origin(model: dict) -> dict:  # what the manifest of the average says about each member
+        training = model.get("training", {})
+        return {"model": f"{model['name']} version {model['version']}", "sha256": model["sha256"],
+                **{k: training[k] for k in ("command", "seed", "steps", "cpu_seconds") if k in training}}
+
+    manifest = read_manifest(sources[0])
+    states, members = [load_state_dict(manifest)], [origin(manifest)]
+    for source in sources[1:]:
+        if Path(source).is_file() and Path(source).suffix == ".pt":
+            states.append(run_weights(source))
+            members.append({"checkpoint": str(source)})
+            continue
+        other = read_manifest(source)
+        differ = [k for k in ("network", "inputs", "labels") if other.get(k) != manifest.get(k)]
+        if differ:
+            raise ModelError(f"{source} and {sources[0]} differ in {', '.join(differ)}: they cannot be averaged")
+        states.append(load_state_dict(other))
+        members.append(origin(other))
+
+    def shapes(state):
+        return {k: tuple(v.shape) for k, v in state.items()}
+
+    if any(shapes(state) != shapes(states[0]) for state in states[1:]):
+        raise ModelError(f"the snapshots {', '.join(sources)} are not of the same network: they cannot be averaged")
+    averaged = {k: sum(state[k].float() for state in states) / len(states) if states[0][k].is_floating_point()
+                else states[0][k] for k in states[0]}
+    manifest = {k: v for k, v in manifest.items() if k not in ("folder", "sha256")}
+    manifest.update(version=f"average of {len(states)}", metrics={},
+                    training={**manifest.get("training", {}), "averaged_from": members})
+    return write_model(destination, averaged, manifest)
