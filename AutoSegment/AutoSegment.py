@@ -44,12 +44,14 @@ class AutoSegment(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class AutoSegmentParameterNode:
-    """inputVolume: the CT; device: where the model runs ("auto": the hub's setting); outputSegmentation: where the
+    """inputVolume: the CT; device: where the model runs ("auto": the hub's setting); mirror: also segment the mirrored
+    image and average (unchecked: the model's manifest decides); outputSegmentation: where the
     result goes (a new node when none); predicted/referenceSegmentation, tolerance (surface DSC, mm) and
     metricsTable: the comparison. The model is chosen in a combo box filled from the model zoo at run time."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     device: Annotated[str, Choice(DEVICES), Default("auto")]
+    mirror: bool
     outputSegmentation: vtkMRMLSegmentationNode
     predictedSegmentation: vtkMRMLSegmentationNode
     referenceSegmentation: vtkMRMLSegmentationNode
@@ -180,7 +182,7 @@ class AutoSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not start the segmentation.", waitCursor=True):
             job, finish = self.logic.startSegmentation(p.inputVolume, self.ui.modelComboBox.currentText, p.device,
-                                                       p.outputSegmentation)
+                                                       p.outputSegmentation, mirror=p.mirror)
 
             def done():
                 node = finish()
@@ -226,9 +228,11 @@ class AutoSegmentLogic(ScriptedLoadableModuleLogic):
         env.update({name: os.environ[name] for name in SETTINGS_VARIABLES if name in os.environ})
         return env
 
-    def startSegmentation(self, volumeNode, model: str, device: str = "auto", segmentationNode=None):
-        """Start ``rtrai segment``; returns the job and a function that loads its result into a segmentation node
-        (``segmentationNode``, or a new one named after the volume and the model)."""
+    def startSegmentation(self, volumeNode, model: str, device: str = "auto", segmentationNode=None,
+                          mirror: bool = False):
+        """Start ``rtrai segment`` (with ``--mirror`` when asked; else as the model's manifest says); returns the job
+        and a function that loads its result into a segmentation node (``segmentationNode``, or a new one named after
+        the volume and the model)."""
         from rtrai.core.jobs import Job
         from rtrai.io.case_io import write_case
         from rtrai.mrml import load_segmentation_file, nodes_to_case
@@ -241,7 +245,7 @@ class AutoSegmentLogic(ScriptedLoadableModuleLogic):
         write_case(nodes_to_case(volumeNode), folder / "input")
         output = folder / "output"
         job = Job.rtrai("segment", str(folder / "input"), "-o", str(output), "--model", model, "--device", device,
-                        env=self.jobEnvironment()).start()
+                        *(["--mirror"] if mirror else []), env=self.jobEnvironment()).start()
         return job, lambda: load_segmentation_file(output / "Structures.seg.nrrd", slicer.mrmlScene,
                                                    f"{volumeNode.GetName()} {model}", reference_volume=volumeNode,
                                                    node=segmentationNode)
@@ -314,6 +318,10 @@ class AutoSegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual(parameterNode.device, "cpu")
         parameterNode.device = "auto"
         self.assertEqual(widget.ui.deviceComboBox.currentText, "auto")
+        self.assertFalse(parameterNode.mirror)  # off unless asked: the manifest decides
+        widget.ui.mirrorCheckBox.checked = True
+        self.assertTrue(parameterNode.mirror)
+        parameterNode.mirror = False
         self.assertFalse(widget.ui.segmentButton.enabled)  # no input volume in an empty scene
         self.delayDisplay("Test passed")
 

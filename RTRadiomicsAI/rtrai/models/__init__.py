@@ -124,13 +124,13 @@ def average_models(sources: list[str], destination: str | os.PathLike) -> Path:
     others model folders, zoo names or a run's checkpoint file. Models must agree on network, inputs and labels."""
     from rtrai.core.errors import InputError
 
-    if len(sources) < 2:
-        raise InputError("an average needs at least two snapshots")
     def origin(model: dict) -> dict:  # what the manifest of the average says about each member
         training = model.get("training", {})
         return {"model": f"{model['name']} version {model['version']}", "sha256": model["sha256"],
                 **{k: training[k] for k in ("command", "seed", "steps", "cpu_seconds") if k in training}}
 
+    if len(sources) < 2:
+        raise InputError("an average needs at least two snapshots")
     manifest = read_manifest(sources[0])
     states, members = [load_state_dict(manifest)], [origin(manifest)]
     for source in sources[1:]:
