@@ -171,8 +171,9 @@ def _pad_end(array: np.ndarray, shape) -> np.ndarray:
     air (-1), what it shows around a patient, not with water."""
     pads = [(0, 0)] * (array.ndim - 3) + [(0, t - s) for s, t in zip(array.shape[-3:], shape)]
     padded = np.pad(array, pads)
-    if array.ndim == 4:
-        padded[0] = np.pad(array[0], pads[1:], constant_values=-1.0)
+    if array.ndim == 4:  # only the added voxels of the CT channel
+        z, y, x = array.shape[-3:]
+        padded[0, z:] = padded[0, :, y:] = padded[0, :, :, x:] = -1.0
     return padded
 
 
