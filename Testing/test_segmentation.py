@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -505,6 +506,58 @@ def test_segment_train_command_with_yaml_config_and_resume(synthetic_cohort, tmp
                  tmp_path / "seeded", "--seed", "7", "--max-steps", "0") == 0
     assert json.loads((tmp_path / "seeded" / "config.json").read_text())["seed"] == 7
     assert rtrai("segment", "train", "--data", synthetic_cohort, "-o", work, "--resume", "--seed", "7") == 2
+
+
+def test_recipe_trains_base_then_seeded_runs_in_parallel_and_averages_them(synthetic_cohort, tmp_path, capfd):
+    """One command for a model of several runs: base, then two seeds warm-started from it side by side, averaged."""
+    import yaml
+
+    from rtrai.segmentation.train import LOG
+
+    base = tiny_config(steps=3)
+    base.pop("version")
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    recipe = {**base, "version": "2", "steps": 2, "base": str(tmp_path / "base.yaml"), "average_seeds": [1, 2],
+              "parallel": 2, "validation": {"data": str(synthetic_cohort), "every": 0, "cases": 2}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    work = tmp_path / "work"
+    train = ("segment", "train", "--data", synthetic_cohort, "-o", work)
+    assert rtrai(*train, "--config", tmp_path / "recipe.yaml") == 0
+    assert "[seed-2] " in capfd.readouterr().out  # the parallel runs' lines, told apart
+    soup, first = read_manifest(work / "model"), read_manifest(work / "base" / "model")
+    members = [read_manifest(work / f"seed-{seed}" / "model") for seed in (1, 2)]
+    assert soup["version"] == "2" and soup["training"]["seed"] == [1, 2]
+    assert soup["training"]["base"]["sha256"] == first["sha256"]
+    assert [m["sha256"] for m in soup["training"]["averaged_from"]] == [m["sha256"] for m in members]
+    for member in members:  # each run started from the base model, with its own seed and the recipe's schedule
+        assert f"weights initialised from tiny version 1 (sha256 {first['sha256'][:12]})" in (
+            Path(member["folder"]).parent / LOG).read_text()
+        assert member["training"]["steps"] == 2
+    assert members[0]["sha256"] != members[1]["sha256"]
+    mean, a, b = (load_state_dict(m) for m in (soup, *members))
+    for key in mean:
+        torch.testing.assert_close(mean[key], (a[key] + b[key]) / 2, atol=2e-3, rtol=1e-3)
+    assert set(soup["metrics"]["validation_dsc"]) == {"Brainstem", "Parotid_L", "Parotid_R"}
+    assert soup["training"]["cpu_seconds"] >= sum(m["training"]["cpu_seconds"] for m in members)
+
+    # Resumed, a finished recipe leaves its runs alone; lost, its average is made again, the same to the bit.
+    shutil.rmtree(work / "model")
+    assert rtrai(*train, "--resume") == 0
+    assert read_manifest(work / "model")["sha256"] == soup["sha256"]
+    assert (work / "seed-1" / LOG).read_text().count("step 2/2") == 1
+    # An unfinished run (here: one whose schedule was lengthened) is resumed where it stopped.
+    config = json.loads((work / "seed-2" / "config.json").read_text())
+    (work / "seed-2" / "config.json").write_text(json.dumps({**config, "steps": 3}))
+    shutil.rmtree(work / "model")
+    assert rtrai(*train, "--resume") == 0
+    assert "resumed at step 2" in (work / "seed-2" / LOG).read_text()
+    assert read_manifest(work / "seed-2" / "model")["training"]["steps"] == 3
+    assert read_manifest(work / "model")["sha256"] != soup["sha256"]
+    # Options that do not fit a recipe are refused; so is a folder that holds one.
+    assert rtrai(*train, "--resume", "--max-steps", "1") == 2
+    assert rtrai(*train[:-1], tmp_path / "w2", "--config", tmp_path / "recipe.yaml", "--seed", "3") == 2
+    assert rtrai(*train, "--config", tmp_path / "recipe.yaml") == 2
+    assert "already holds" in capfd.readouterr().err
 
 
 def test_segment_average_is_one_model_with_the_mean_weights(tmp_path, capsys):

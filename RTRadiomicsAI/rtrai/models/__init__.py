@@ -118,19 +118,17 @@ def run_weights(path: str | os.PathLike) -> dict:
     return state.get("network", state.get("model", state))
 
 
-def average_models(sources: list[str], destination: str | os.PathLike) -> Path:
+def average_weights(sources: list[str]) -> tuple[dict, dict]:
     """The weight average of snapshots of one network (stochastic weight averaging of one run, or a "model soup" of
-    runs warm-started from one model): the first source is a model folder or zoo name (its manifest is kept), the
-    others model folders, zoo names or a run's checkpoint file. Models must agree on network, inputs and labels."""
-    from rtrai.core.errors import InputError
+    runs warm-started from one model), in memory: (state dict, manifest). The first source is a model folder or zoo
+    name (its manifest is kept, its training gains ``averaged_from``: the members), the others model folders, zoo names
+    or a run's checkpoint file. Models must agree on network, inputs and labels."""
 
     def origin(model: dict) -> dict:  # what the manifest of the average says about each member
         training = model.get("training", {})
         return {"model": f"{model['name']} version {model['version']}", "sha256": model["sha256"],
                 **{k: training[k] for k in ("command", "seed", "steps", "cpu_seconds") if k in training}}
 
-    if len(sources) < 2:
-        raise InputError("an average needs at least two snapshots")
     manifest = read_manifest(sources[0])
     states, members = [load_state_dict(manifest)], [origin(manifest)]
     for source in sources[1:]:
@@ -149,10 +147,20 @@ def average_models(sources: list[str], destination: str | os.PathLike) -> Path:
         return {k: tuple(v.shape) for k, v in state.items()}
 
     if any(shapes(state) != shapes(states[0]) for state in states[1:]):
-        raise ModelError(f"the snapshots {', '.join(sources)} are not of the same network: they cannot be averaged")
+        raise ModelError(f"the snapshots {', '.join(map(str, sources))} are not of the same network: they cannot be "
+                         f"averaged")
     averaged = {k: sum(state[k].float() for state in states) / len(states) if states[0][k].is_floating_point()
                 else states[0][k] for k in states[0]}
     manifest = {k: v for k, v in manifest.items() if k not in ("folder", "sha256")}
     manifest.update(version=f"average of {len(states)}", metrics={},
                     training={**manifest.get("training", {}), "averaged_from": members})
-    return write_model(destination, averaged, manifest)
+    return averaged, manifest
+
+
+def average_models(sources: list[str], destination: str | os.PathLike) -> Path:
+    """Write the weight average of several snapshots of one network (see :func:`average_weights`) as a model."""
+    from rtrai.core.errors import InputError
+
+    if len(sources) < 2:
+        raise InputError("an average needs at least two snapshots")
+    return write_model(destination, *average_weights(sources))

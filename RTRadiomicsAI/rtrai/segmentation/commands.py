@@ -25,7 +25,8 @@ def register(sub) -> None:
                     "RTSTRUCT, and provenance.json.\n"
                     "rtrai segment train --data DIR --config CFG -o WORKDIR [--resume] [--max-steps N]\n"
                     "  Trains a model (config: a YAML/JSON file or a shipped name such as hn-oar-ct); WORKDIR gets "
-                    "checkpoint.pt, train.log and the best model in WORKDIR/model/.\n"
+                    "checkpoint.pt, train.log and the best model in WORKDIR/model/. A recipe config (base, "
+                    "average_seeds) trains its runs in sub-folders and their average in WORKDIR/model/.\n"
                     "rtrai segment average MODEL MODEL... -o MODEL_DIR\n"
                     "  One model whose weights are the average of several of one network (runs warm-started from one "
                     "model with different --seed, or a run's checkpoint.pt): as fast as one, often better than each.")
@@ -158,7 +159,7 @@ def run_train(args) -> int:
     from rtrai.core.errors import InputError
     from rtrai.core.progress import default
     from rtrai.segmentation.config import load_config
-    from rtrai.segmentation.train import main_command, train
+    from rtrai.segmentation.train import RECIPE, is_recipe, main_command, train, train_recipe
 
     if not args.data:
         raise InputError("rtrai segment train needs --data DIR (a folder of training patients)")
@@ -179,8 +180,17 @@ def run_train(args) -> int:
         if config is None:
             raise InputError("--init starts a new run; a resumed run continues from its checkpoint")
         config["init"] = args.init
-    folder = train(args.data, config, args.output, resume=args.resume, max_steps=args.max_steps,
-                   command=main_command(), progress=default("Loading cases"), steps=args.steps)
+    if is_recipe(config) if config is not None else (Path(args.output) / RECIPE).is_file():
+        if args.max_steps is not None or (args.resume and args.steps):
+            raise InputError("a recipe (a config with base or average_seeds) runs each stage to its end: leave out "
+                             "--max-steps and --steps; stop it at any time and --resume it")
+        if args.seed is not None and config.get("average_seeds"):
+            raise InputError("the runs of this recipe take their seeds from its average_seeds; leave out --seed")
+        folder = train_recipe(args.data, config, args.output, resume=args.resume, command=main_command(),
+                              progress=default("Loading cases"))
+    else:
+        folder = train(args.data, config, args.output, resume=args.resume, max_steps=args.max_steps,
+                       command=main_command(), progress=default("Loading cases"), steps=args.steps)
     print(f"best model in {folder}")
     return 0
 

@@ -43,6 +43,13 @@ DEFAULTS: dict = {
     # Warm start: a zoo model name or model folder whose weights (same network, inputs and labels) the run starts
     # from instead of a random initialisation; the schedule, optimiser and step count start afresh.
     "init": None,
+    # A recipe, for a model that takes several runs, in one command (rtrai segment train ... -o WORKDIR):
+    # "base": a config (shipped name or file) trained first, in WORKDIR/base; this config warm-starts from its best
+    # model (unless "init" is given). "average_seeds": this config runs once per seed, in WORKDIR/seed-N, and the runs'
+    # weights are averaged into WORKDIR/model (a "model soup"), "parallel" runs at a time (one process each).
+    "base": None,
+    "average_seeds": None,
+    "parallel": 1,
 }
 
 

@@ -7,6 +7,9 @@ A work folder holds everything of a run:
     train.log          one line per ``log_every`` steps and per validation
     model/             the best model so far on the validation cases (manifest.json + weights.safetensors, fp16)
 
+A recipe (:func:`train_recipe`: a config with ``base`` or ``average_seeds``) holds such runs in sub-folders and their
+average in ``model/``.
+
 Data randomness is drawn from generators seeded by (seed, step), so a resumed run sees the same patches as an
 uninterrupted one. Made for 2 CPU cores in the background: one process, no data-loader workers.
 """
@@ -25,17 +28,20 @@ import numpy as np
 from rtrai.core import provenance
 from rtrai.core.errors import InputError
 from rtrai.core.outputs import atomic_file, write_text
+from rtrai.models import MANIFEST
 
-CHECKPOINT, LOG, CONFIG, MODEL = "checkpoint.pt", "train.log", "config.json", "model"
+CHECKPOINT, LOG, CONFIG, MODEL, RECIPE = "checkpoint.pt", "train.log", "config.json", "model", "recipe.json"
 
 
 class Logger:
-    def __init__(self, path: Path):
-        self.path = path
+    """Lines to a log file and to stdout; ``prefix`` marks the stdout lines of runs that share one terminal."""
+
+    def __init__(self, path: Path, prefix: str = ""):
+        self.path, self.prefix = path, prefix
 
     def __call__(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        print(line, flush=True)
+        print(self.prefix + line, flush=True)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 
@@ -61,7 +67,8 @@ def manifest_for(config: dict, data: str, step: int, metrics: dict | None = None
 
 
 def train(data: str | os.PathLike, config: dict | None, workdir: str | os.PathLike, resume: bool = False,
-          max_steps: int | None = None, command: str | None = None, progress=None, steps: int | None = None) -> Path:
+          max_steps: int | None = None, command: str | None = None, progress=None, steps: int | None = None,
+          log_prefix: str = "") -> Path:
     """Train (or resume) in ``workdir``; returns the folder of the best model. ``max_steps`` stops a run early
     (tests, chunks of a long training) without changing the schedule, which follows ``config['steps']``;
     ``steps`` on a resumed run lengthens (or shortens) that schedule from where it is."""
@@ -84,9 +91,9 @@ def train(data: str | os.PathLike, config: dict | None, workdir: str | os.PathLi
         if steps:
             config["steps"] = int(steps)
             write_text(workdir / CONFIG, json.dumps(config, indent=2) + "\n")
-    elif (workdir / CHECKPOINT).is_file():
+    elif (workdir / CHECKPOINT).is_file() or (workdir / RECIPE).is_file():
         raise InputError(f"{workdir} already holds a training run; use --resume to continue it or pick another folder")
-    log = Logger(workdir / LOG)
+    log = Logger(workdir / LOG, log_prefix)
     torch.set_num_threads(int(config["threads"]))
     seed = int(config["seed"])
     random.seed(seed)
@@ -182,6 +189,121 @@ def train(data: str | os.PathLike, config: dict | None, workdir: str | os.PathLi
     return workdir / MODEL
 
 
+def is_recipe(config: dict) -> bool:
+    return bool(config.get("base") or config.get("average_seeds"))
+
+
+def train_recipe(data: str | os.PathLike, config: dict | None, workdir: str | os.PathLike, resume: bool = False,
+                 command: str | None = None, progress=None) -> Path:
+    """Train a recipe (a config with ``base`` and/or ``average_seeds``) in ``workdir``; returns its model folder::
+
+        recipe.json   the recipe's config (a resumed recipe uses it)
+        base/         the run (or recipe) of the base config, unless the recipe has an ``init``
+        seed-N/       one run per seed, warm-started from base/model (or ``init``)
+        model/        the weight average of the runs' best models, validated on the validation cases
+
+    Stopped at any time, ``resume=True`` leaves the finished stages and resumes the interrupted ones."""
+    from rtrai.models import average_weights, read_manifest, write_model
+    from rtrai.segmentation.config import load_config
+    from rtrai.segmentation.networks import build_network
+
+    workdir = Path(workdir)
+    if resume:
+        if not (workdir / RECIPE).is_file():
+            raise InputError(f"nothing to resume: {workdir / RECIPE} does not exist")
+        config = json.loads((workdir / RECIPE).read_text(encoding="utf-8"))
+    elif (workdir / RECIPE).is_file() or (workdir / CHECKPOINT).is_file():
+        raise InputError(f"{workdir} already holds a training run; use --resume to continue it or pick another folder")
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_text(workdir / RECIPE, json.dumps(config, indent=2) + "\n")
+    log = Logger(workdir / LOG)
+    run = {**config, "base": None, "average_seeds": None, "parallel": 1}
+    stages = []
+    if config.get("base") and not config.get("init"):
+        base = load_config(config["base"])
+        base["validation"] = {**base["validation"], "data": config["validation"].get("data")}  # one selection set
+        stages.append(workdir / "base")
+        _run_stages(data, {stages[-1]: base}, 1, log, command, progress)
+        run["init"] = str(workdir / "base" / MODEL)
+    seeds = [int(seed) for seed in config.get("average_seeds") or [config["seed"]]]
+    runs = {workdir / f"seed-{seed}": {**run, "seed": seed} for seed in seeds}
+    stages += list(runs)
+    _run_stages(data, runs, int(config.get("parallel") or 1), log, command, progress)
+
+    state, averaged = average_weights([str(folder / MODEL) for folder in runs])
+    state = {k: v.half().float() if v.is_floating_point() else v for k, v in state.items()}  # as shipped: fp16
+    scores = {}
+    validation = _validation_samples(config, log)
+    if validation:
+        network = build_network(config["network"], len(config["inputs"]), len(config["labels"]))
+        network.load_state_dict(state)
+        scores = validate(network, validation, config)
+        log(f"validation of the average of {len(runs)}: mean DSC {np.mean(list(scores.values())):.3f} "
+            + " ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    cpu = sum(_cpu_seconds(folder) for folder in stages)
+    manifest = manifest_for(config, str(data), int(config["steps"]), _metrics(scores, config), command, round(cpu))
+    manifest["training"]["seed"] = seeds
+    if len(runs) > 1:
+        manifest["training"]["averaged_from"] = averaged["training"]["averaged_from"]
+    if workdir / "base" in stages:
+        base_model = read_manifest(workdir / "base" / MODEL)
+        manifest["training"]["base"] = {"model": f"{base_model['name']} version {base_model['version']}",
+                                        "sha256": base_model["sha256"], "config": config["base"]}
+    write_model(workdir / MODEL, state, manifest)  # written last: a recipe with a model has finished
+    log(f"recipe finished: {workdir / MODEL}; cpu {cpu / 3600:.2f} h in all")
+    return workdir / MODEL
+
+
+def _run_stages(data, stages: dict, parallel: int, log, command, progress=None) -> None:
+    """Run stages (folder -> config) to their ends, ``parallel`` at a time in processes of their own; a finished
+    stage (of a resumed recipe) is left as it is."""
+    pending = {folder: config for folder, config in stages.items() if not _finished(folder, config)}
+    for folder in stages:
+        log(f"stage {folder.name}: {'to run' if folder in pending else 'finished'}, log {folder / LOG}")
+    if parallel > 1 and len(pending) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(parallel, len(pending)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_stage, data, config, folder, command, None, f"[{folder.name}] ")
+                       for folder, config in pending.items()]
+            for future in futures:
+                future.result()
+    else:
+        for folder, config in pending.items():
+            _run_stage(data, config, folder, command, progress)
+
+
+def _finished(folder: Path, config: dict) -> bool:
+    if is_recipe(config):
+        return (folder / MODEL / MANIFEST).is_file()  # a recipe writes its model last
+    return (folder / CHECKPOINT).is_file() and (
+        _checkpoint(folder)["step"] >= json.loads((folder / CONFIG).read_text(encoding="utf-8"))["steps"])
+
+
+def _run_stage(data, config: dict, folder: Path, command, progress=None, prefix: str = "") -> Path:
+    """Start a stage, or resume it where it stopped."""
+    if is_recipe(config):
+        return train_recipe(data, config, folder, resume=(folder / RECIPE).is_file(), command=command,
+                            progress=progress)
+    resume = (folder / CHECKPOINT).is_file()
+    return train(data, None if resume else config, folder, resume=resume, command=command, progress=progress,
+                 log_prefix=prefix)
+
+
+def _checkpoint(folder: Path) -> dict:
+    import torch
+
+    return torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
+
+
+def _cpu_seconds(stage: Path) -> float:
+    if (stage / RECIPE).is_file():
+        return float(json.loads((stage / MODEL / MANIFEST).read_text(encoding="utf-8"))["training"]["cpu_seconds"])
+    return float(_checkpoint(stage).get("cpu_seconds", 0.0))
+
+
 def _warm_start(model, config: dict) -> str:
     """Load the weights of ``config['init']`` into ``model``; returns what was loaded (name, version, sha256)."""
     from rtrai.models import load_state_dict, read_manifest
@@ -231,14 +353,19 @@ def validate(model, samples, config: dict) -> dict[str, float]:
     return {name: float(np.mean(v)) for name, v in scores.items() if v}
 
 
+def _metrics(scores: dict, config: dict) -> dict:
+    if not scores:
+        return {}
+    return {"validation_dsc": {k: round(v, 4) for k, v in scores.items()},
+            "validation_mean_dsc": round(float(np.mean(list(scores.values()))), 4),
+            "validation_cases": int(config["validation"].get("cases") or 0)}
+
+
 def _export(model, folder: Path, config: dict, data: str, step: int, scores: dict, command, cpu: float) -> None:
     from rtrai.models import write_model
 
-    metrics = {"validation_dsc": {k: round(v, 4) for k, v in scores.items()}} if scores else {}
-    if scores:
-        metrics["validation_mean_dsc"] = round(float(np.mean(list(scores.values()))), 4)
-        metrics["validation_cases"] = int(config["validation"].get("cases") or 0)
-    write_model(folder, model.state_dict(), manifest_for(config, data, step, metrics, command, round(cpu)))
+    write_model(folder, model.state_dict(), manifest_for(config, data, step, _metrics(scores, config), command,
+                                                         round(cpu)))
 
 
 def main_command() -> str:
