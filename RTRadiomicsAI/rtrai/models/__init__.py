@@ -118,19 +118,20 @@ def run_weights(path: str | os.PathLike) -> dict:
     return state.get("network", state.get("model", state))
 
 
+def model_origin(model: dict) -> dict:
+    """What a manifest says about a model another was made from (a member of an average, a recipe's base)."""
+    training = model.get("training", {})
+    return {"model": f"{model['name']} version {model['version']}", "sha256": model["sha256"],
+            **{k: training[k] for k in ("command", "seed", "steps", "cpu_seconds") if k in training}}
+
+
 def average_weights(sources: list[str]) -> tuple[dict, dict]:
     """The weight average of snapshots of one network (stochastic weight averaging of one run, or a "model soup" of
     runs warm-started from one model), in memory: (state dict, manifest). The first source is a model folder or zoo
     name (its manifest is kept, its training gains ``averaged_from``: the members), the others model folders, zoo names
     or a run's checkpoint file. Models must agree on network, inputs and labels."""
-
-    def origin(model: dict) -> dict:  # what the manifest of the average says about each member
-        training = model.get("training", {})
-        return {"model": f"{model['name']} version {model['version']}", "sha256": model["sha256"],
-                **{k: training[k] for k in ("command", "seed", "steps", "cpu_seconds") if k in training}}
-
     manifest = read_manifest(sources[0])
-    states, members = [load_state_dict(manifest)], [origin(manifest)]
+    states, members = [load_state_dict(manifest)], [model_origin(manifest)]
     for source in sources[1:]:
         if Path(source).is_file() and Path(source).suffix == ".pt":
             states.append(run_weights(source))
@@ -141,7 +142,7 @@ def average_weights(sources: list[str]) -> tuple[dict, dict]:
         if differ:
             raise ModelError(f"{source} and {sources[0]} differ in {', '.join(differ)}: they cannot be averaged")
         states.append(load_state_dict(other))
-        members.append(origin(other))
+        members.append(model_origin(other))
 
     def shapes(state):
         return {k: tuple(v.shape) for k, v in state.items()}

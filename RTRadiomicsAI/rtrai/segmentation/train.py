@@ -203,7 +203,7 @@ def train_recipe(data: str | os.PathLike, config: dict | None, workdir: str | os
         model/        the weight average of the runs' best models, validated on the validation cases
 
     Stopped at any time, ``resume=True`` leaves the finished stages and resumes the interrupted ones."""
-    from rtrai.models import average_weights, read_manifest, write_model
+    from rtrai.models import average_weights, model_origin, read_manifest, write_model
     from rtrai.segmentation.config import load_config
     from rtrai.segmentation.networks import build_network
 
@@ -248,8 +248,7 @@ def train_recipe(data: str | os.PathLike, config: dict | None, workdir: str | os
         manifest["training"]["averaged_from"] = averaged["training"]["averaged_from"]
     if workdir / "base" in stages:
         base_model = read_manifest(workdir / "base" / MODEL)
-        manifest["training"]["base"] = {"model": f"{base_model['name']} version {base_model['version']}",
-                                        "sha256": base_model["sha256"], "config": config["base"]}
+        manifest["training"]["base"] = {**model_origin(base_model), "config": config["base"]}
     write_model(workdir / MODEL, state, manifest)  # written last: a recipe with a model has finished
     log(f"recipe finished: {workdir / MODEL}; cpu {cpu / 3600:.2f} h in all")
     return workdir / MODEL
@@ -299,8 +298,10 @@ def _checkpoint(folder: Path) -> dict:
 
 
 def _cpu_seconds(stage: Path) -> float:
+    from rtrai.models import read_manifest
+
     if (stage / RECIPE).is_file():
-        return float(json.loads((stage / MODEL / MANIFEST).read_text(encoding="utf-8"))["training"]["cpu_seconds"])
+        return float(read_manifest(stage / MODEL)["training"]["cpu_seconds"])
     return float(_checkpoint(stage).get("cpu_seconds", 0.0))
 
 
