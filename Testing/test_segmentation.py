@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -558,6 +559,65 @@ def test_recipe_trains_base_then_seeded_runs_in_parallel_and_averages_them(synth
     assert rtrai(*train[:-1], tmp_path / "w2", "--config", tmp_path / "recipe.yaml", "--seed", "3") == 2
     assert rtrai(*train, "--config", tmp_path / "recipe.yaml") == 2
     assert "already holds" in capfd.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc (Linux)")
+def test_killed_recipe_leaves_no_run_training(synthetic_cohort, tmp_path):
+    """`kill` of `rtrai segment train` (not Ctrl-C, which reaches the whole group) stops its parallel runs too: an
+    orphaned run would go on training unseen, into folders that the next command may be using."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    def children(pid: int) -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+        return found
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    start = tiny_model(tmp_path / "start", labels=tiny_config()["labels"], patch=(16, 16, 16))
+    recipe = {**tiny_config(steps=100000), "init": str(start), "average_seeds": [1, 2], "parallel": 2}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    work = tmp_path / "work"
+    parent = subprocess.Popen([sys.executable, "-m", "rtrai", "segment", "train", "--data", str(synthetic_cohort),
+                               "--config", str(tmp_path / "recipe.yaml"), "-o", str(work)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while not all("step 2/" in _read(work / f"seed-{s}" / "train.log") for s in (1, 2)):
+            assert parent.poll() is None and time.time() < deadline, "the recipe's runs did not start"
+            time.sleep(0.5)
+        workers = children(parent.pid)
+        assert len(workers) >= 2
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 30
+        while any(alive(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not any(alive(pid) for pid in workers), "runs went on training after their command was killed"
+    finally:
+        parent.kill()
+        for pid in filter(alive, workers):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
 
 
 def test_segment_average_is_one_model_with_the_mean_weights(tmp_path, capsys):

@@ -264,7 +264,8 @@ def _run_stages(data, stages: dict, parallel: int, log, command, progress=None) 
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(min(parallel, len(pending)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(min(parallel, len(pending)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_run_stage, data, config, folder, command, None, f"[{folder.name}] ")
                        for folder, config in pending.items()]
             for future in futures:
@@ -272,6 +273,21 @@ def _run_stages(data, stages: dict, parallel: int, log, command, progress=None) 
     else:
         for folder, config in pending.items():
             _run_stage(data, config, folder, command, progress)
+
+
+def _exit_with_parent(parent: int, every: float = 2.0) -> None:
+    """In a worker process: stop when ``parent`` has gone. A pool's worker outlives a parent that was killed (not
+    interrupted: Ctrl-C reaches the whole process group) and would go on training unseen, writing into folders that
+    a new run may be using; its last checkpoint is kept for ``--resume``. On POSIX an orphan's parent becomes another
+    process, which is what this watches for."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _finished(folder: Path, config: dict) -> bool:
