@@ -14,14 +14,17 @@ Measured on the references alone (no model):
 
 With ``--pred`` (the output folder of ``rtrai segment`` on the same patients): the model's mean DSC with and without
 the anomalous references, on slices with and without image data, and the DSC every other reference would need for the
-mean over the 7 OARs to reach 0.80.
+mean over the 7 OARs to reach 0.80. With ``--model`` as well (the model that wrote ``--pred``): each patient segmented
+again with the contoured voxels on slices without image data set to air, as the rest of those slices are, which shows
+how much of the model's DSC there came from the reference written into the CT.
 
-    python training/hn-oar-ct/reference_agreement.py [--data DIR] [--pred SEGMENT_OUTPUT]
+    python training/hn-oar-ct/reference_agreement.py [--data DIR] [--pred SEGMENT_OUTPUT [--model MODEL]]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -59,15 +62,40 @@ def imaged_slices(case) -> np.ndarray:
     return stored.reshape(ct.shape[0], -1).mean(axis=1) > IMAGED
 
 
-def table_for(data: Path, pred: Path | None) -> pd.DataFrame:
+def without_contoured_voxels(case, imaged: np.ndarray):
+    """The case with its CT's contoured voxels on slices without image data set to air, as the rest of them are."""
+    ct = sitk.GetArrayFromImage(case.ct)
+    blank = ~imaged
+    for mask in case.structures.values():
+        ct[blank] = np.where(sitk.GetArrayViewFromImage(mask)[blank] > 0, ct.min(), ct[blank])
+    image = sitk.GetImageFromArray(ct)
+    image.CopyInformation(case.ct)
+    return dataclasses.replace(case, ct=image)
+
+
+def dsc_where(pred: dict, ref: np.ndarray, name: str, where: np.ndarray) -> float | None:
+    """DSC of structure ``name`` on the slices ``where``; None where the reference has none of it."""
+    if not ref[where].any():
+        return None
+    out = sitk.GetArrayViewFromImage(pred[name]).astype(bool) if name in pred else np.zeros_like(ref)
+    return dice(out[where], ref[where])
+
+
+def table_for(data: Path, pred: Path | None, model: str | None = None) -> pd.DataFrame:
     from rtrai.io.segfile import read_segmentation
 
+    segmenter = None
+    if model:
+        from rtrai.segmentation.inference import Segmenter
+
+        segmenter = Segmenter(model, "cpu")
     rows = []
     for folder in sorted(p for p in data.iterdir() if p.is_dir()):
         case = read_openkbp(folder)
         ct = sitk.GetArrayViewFromImage(case.ct)
         imaged = imaged_slices(case)
         predicted = read_segmentation(pred / folder.name / "Structures.seg.nrrd")[0] if pred else {}
+        blinded = segmenter.segment(without_contoured_voxels(case, imaged)) if segmenter else {}
         voxel_ml = float(np.prod(case.ct.GetSpacing())) / 1000.0
         for name in OARS:
             if name not in case.structures:
@@ -77,12 +105,13 @@ def table_for(data: Path, pred: Path | None) -> pd.DataFrame:
                    "in_air": float((ct[ref] < -500).mean()), "off_image": float(ref[~imaged].sum() / ref.sum()),
                    **{f"shift_{axis}": dice(ref, shifted(ref, i)) for i, axis in enumerate("zyx")}}
             if pred:
-                out = sitk.GetArrayFromImage(predicted[name]).astype(bool) if name in predicted else np.zeros_like(ref)
-                row["dsc"] = dice(out, ref)
-                if ref[imaged].any():
-                    row["dsc_imaged"] = dice(out[imaged], ref[imaged])
-                if ref[~imaged].any():
-                    row["dsc_off_image"] = dice(out[~imaged], ref[~imaged])
+                everywhere = np.ones(len(imaged), bool)
+                row["dsc"] = dsc_where(predicted, ref, name, everywhere)
+                row["dsc_imaged"] = dsc_where(predicted, ref, name, imaged)
+                row["dsc_off_image"] = dsc_where(predicted, ref, name, ~imaged)
+            if segmenter:
+                row["dsc_blinded"] = dsc_where(blinded, ref, name, everywhere)
+                row["dsc_off_image_blinded"] = dsc_where(blinded, ref, name, ~imaged)
             rows.append(row)
     table = pd.DataFrame(rows)
     table["median_ml"] = table.groupby("structure")["volume_ml"].transform("median")
@@ -111,10 +140,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="OpenKBP patients (default: validation-pats)")
     parser.add_argument("--pred", type=Path, help="rtrai segment's output folder for the same patients")
+    parser.add_argument("--model", help="the model (zoo name or folder) that wrote --pred: segment once more without "
+                                        "the contoured voxels on slices without image data")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"OpenKBP patients not found at {args.data}")
-    table = table_for(args.data, args.pred)
+    if args.model and not args.pred:
+        parser.error("--model needs --pred")
+    table = table_for(args.data, args.pred, args.model)
     shifts = ["shift_z", "shift_y", "shift_x"]
     organs = table.groupby("structure").agg(n=("patient", "size"), median_ml=("volume_ml", "median"),
                                             min_ml=("volume_ml", "min"), max_ml=("volume_ml", "max"),
@@ -139,7 +172,13 @@ def main() -> None:
         split = pd.DataFrame({"all": organ_mean(table, "dsc"), "without anomalous": organ_mean(clean, "dsc"),
                               "on imaged slices": organ_mean(table, "dsc_imaged"),
                               "on slices without image": organ_mean(table, "dsc_off_image")})
+        if args.model:
+            split["there, contoured voxels set to air"] = organ_mean(table, "dsc_off_image_blinded")
+            split["all, contoured voxels set to air"] = organ_mean(table, "dsc_blinded")
         print(split.round(3).to_string())
+        if args.model:
+            print(f"with the contoured voxels on slices without image data set to air: mean over the 7 OARs "
+                  f"{split['all, contoured voxels set to air'].mean():.3f}")
         print(f"on imaged slices only: mean over the 7 OARs {split['on imaged slices'].mean():.3f}")
         print(f"for a mean of {GOAL:.2f} with the anomalous references kept, every other reference would need "
               f"DSC {needed_elsewhere(table):.3f}")
