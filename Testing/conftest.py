@@ -20,6 +20,20 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def process_alive(pid: int) -> bool:
+    """Is process ``pid`` running: not gone, and (where /proc tells) not a zombie waiting to be reaped? POSIX."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        pass
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # no /proc (macOS), or gone meanwhile
+        return True
+
+
 @pytest.fixture
 def shared_data() -> Path:
     return shared_path()

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from conftest import process_alive
 
 from rtrai.core import jobs
 from rtrai.core.jobs import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, Job
@@ -118,11 +119,7 @@ def test_cancel_stops_a_sleeping_child_and_its_children():
     assert job.returncode != 0
     # The grandchild got SIGTERM too; give the kernel a moment to reap it, then it must be gone.
     for _ in range(100):
-        try:
-            os.kill(grandchild_pid, 0)
-        except ProcessLookupError:
-            break
-        if _is_zombie(grandchild_pid):
+        if not process_alive(grandchild_pid):
             break
         time.sleep(0.02)
     else:
@@ -183,10 +180,3 @@ def test_python_executable_outside_slicer_is_this_interpreter():
     assert jobs.python_executable() == sys.executable
     assert jobs.rtrai_argv("info", 3) == [sys.executable, "-m", "rtrai", "info", "3"]
 
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return False

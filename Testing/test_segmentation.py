@@ -567,10 +567,12 @@ def test_killed_recipe_leaves_no_run_training(synthetic_cohort, tmp_path):
     orphaned run would go on training unseen, into folders that the next command may be using."""
     import signal
     import subprocess
-    import sys
     import time
 
     import yaml
+    from conftest import process_alive
+
+    from rtrai.core.jobs import rtrai_argv
 
     def children(pid: int) -> list[int]:
         found = []
@@ -583,18 +585,12 @@ def test_killed_recipe_leaves_no_run_training(synthetic_cohort, tmp_path):
                 found.append(int(stat.parent.name))
         return found
 
-    def alive(pid: int) -> bool:
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
-
     start = tiny_model(tmp_path / "start", labels=tiny_config()["labels"], patch=(16, 16, 16))
     recipe = {**tiny_config(steps=100000), "init": str(start), "average_seeds": [1, 2], "parallel": 2}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     work = tmp_path / "work"
-    parent = subprocess.Popen([sys.executable, "-m", "rtrai", "segment", "train", "--data", str(synthetic_cohort),
-                               "--config", str(tmp_path / "recipe.yaml"), "-o", str(work)],
+    parent = subprocess.Popen(rtrai_argv("segment", "train", "--data", synthetic_cohort, "--config",
+                                         tmp_path / "recipe.yaml", "-o", work),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers = []
     try:
@@ -607,12 +603,12 @@ def test_killed_recipe_leaves_no_run_training(synthetic_cohort, tmp_path):
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         deadline = time.time() + 30
-        while any(alive(pid) for pid in workers) and time.time() < deadline:
+        while any(process_alive(pid) for pid in workers) and time.time() < deadline:
             time.sleep(0.5)
-        assert not any(alive(pid) for pid in workers), "runs went on training after their command was killed"
+        assert not any(process_alive(pid) for pid in workers), "runs went on training after their command was killed"
     finally:
         parent.kill()
-        for pid in filter(alive, workers):
+        for pid in filter(process_alive, workers):
             os.kill(pid, signal.SIGKILL)
 
 

@@ -52,22 +52,24 @@ def shifted(mask: np.ndarray, axis: int) -> np.ndarray:
     return out
 
 
-def imaged_slices(case) -> np.ndarray:
-    """Per axial slice: does the CT hold image data there, not counting the voxels kept because they are contoured?"""
-    ct = sitk.GetArrayViewFromImage(case.ct)
-    contoured = np.zeros(ct.shape, bool)
+def contoured_voxels(case) -> np.ndarray:
+    """Voxels inside any of the case's structures (OARs and targets)."""
+    contoured = np.zeros(sitk.GetArrayViewFromImage(case.ct).shape, bool)
     for mask in case.structures.values():
         contoured |= sitk.GetArrayViewFromImage(mask).astype(bool)
+    return contoured
+
+
+def imaged_slices(ct: np.ndarray, contoured: np.ndarray) -> np.ndarray:
+    """Per axial slice: does the CT hold image data there, not counting the voxels kept because they are contoured?"""
     stored = (ct != ct.min()) & ~contoured  # OpenKBP leaves out voxels it does not keep: they read as -1024 HU
     return stored.reshape(ct.shape[0], -1).mean(axis=1) > IMAGED
 
 
-def without_contoured_voxels(case, imaged: np.ndarray):
+def without_contoured_voxels(case, contoured: np.ndarray, imaged: np.ndarray):
     """The case with its CT's contoured voxels on slices without image data set to air, as the rest of them are."""
     ct = sitk.GetArrayFromImage(case.ct)
-    blank = ~imaged
-    for mask in case.structures.values():
-        ct[blank] = np.where(sitk.GetArrayViewFromImage(mask)[blank] > 0, ct.min(), ct[blank])
+    ct[contoured & ~imaged[:, None, None]] = ct.min()
     image = sitk.GetImageFromArray(ct)
     image.CopyInformation(case.ct)
     return dataclasses.replace(case, ct=image)
@@ -92,10 +94,10 @@ def table_for(data: Path, pred: Path | None, model: str | None = None) -> pd.Dat
     rows = []
     for folder in sorted(p for p in data.iterdir() if p.is_dir()):
         case = read_openkbp(folder)
-        ct = sitk.GetArrayViewFromImage(case.ct)
-        imaged = imaged_slices(case)
+        ct, contoured = sitk.GetArrayViewFromImage(case.ct), contoured_voxels(case)
+        imaged = imaged_slices(ct, contoured)
         predicted = read_segmentation(pred / folder.name / "Structures.seg.nrrd")[0] if pred else {}
-        blinded = segmenter.segment(without_contoured_voxels(case, imaged)) if segmenter else {}
+        blinded = segmenter.segment(without_contoured_voxels(case, contoured, imaged)) if segmenter else {}
         voxel_ml = float(np.prod(case.ct.GetSpacing())) / 1000.0
         for name in OARS:
             if name not in case.structures:
