@@ -168,3 +168,48 @@ def test_unknown_input_exits_2(tmp_path):
     assert result.returncode == 2 and "not a supported file" in result.stderr
     result = rtrai("convert", tmp_path / "missing", tmp_path / "out")
     assert result.returncode == 2 and "input not found" in result.stderr
+
+
+@pytest.mark.parametrize("compression", ["", ".xz", ".bz2", ".zip"])
+def test_every_compression_reads_the_same_case(openkbp_pt201, tmp_path, compression):
+    """The shared train patients are .csv.xz, the validation ones .csv.gz: any compression pandas reads is one case."""
+    import bz2
+    import lzma
+    import zipfile
+
+    folder = tmp_path / "pt_201"
+    folder.mkdir()
+    for path in openkbp_pt201.glob("*.csv.gz"):
+        raw, name = gzip.decompress(path.read_bytes()), path.name[:-3] + compression
+        if compression == ".xz":
+            (folder / name).write_bytes(lzma.compress(raw))
+        elif compression == ".bz2":
+            (folder / name).write_bytes(bz2.compress(raw))
+        elif compression == ".zip":
+            with zipfile.ZipFile(folder / name, "w") as archive:
+                archive.writestr(path.name[:-3], raw)
+        else:
+            (folder / name).write_bytes(raw)
+    ours, reference = read_case(folder), read_case(openkbp_pt201)
+    assert sorted(ours.structures) == sorted(reference.structures) and len(ours.structures) >= 8
+    for name in reference.structures:
+        assert np.array_equal(sitk.GetArrayViewFromImage(ours.structures[name]),
+                              sitk.GetArrayViewFromImage(reference.structures[name])), name
+    assert np.array_equal(sitk.GetArrayViewFromImage(ours.ct), sitk.GetArrayViewFromImage(reference.ct))
+    assert np.array_equal(sitk.GetArrayViewFromImage(ours.dose), sitk.GetArrayViewFromImage(reference.dose))
+    assert ours.ct.GetSpacing() == reference.ct.GetSpacing()
+
+
+def test_train_patients_in_xz_are_read(tmp_path):
+    from conftest import shared_path
+
+    folder = shared_path("openkbp", "train-pats", "pt_1")
+    assert any(p.name.endswith(".csv.xz") for p in folder.iterdir())
+    case = read_case(folder)
+    assert case.dose is not None and case.possible_dose_mask is not None and "PTV70" in case.structures
+    assert float(sitk.GetArrayViewFromImage(case.dose).max()) > 60
+    (tmp_path / "pt_1").mkdir()
+    (tmp_path / "pt_1" / "ct.csv.xz").write_bytes(b"\xfd7zXZ\x00garbage")
+    shutil.copy(folder / "voxel_dimensions.csv.xz", tmp_path / "pt_1")
+    with pytest.raises(openkbp.FormatError, match="not a readable OpenKBP CSV"):
+        read_case(tmp_path / "pt_1")

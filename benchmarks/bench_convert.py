@@ -25,18 +25,19 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp" / "va
 
 def upstream_style(patient: Path, out: Path) -> None:
     """OpenKBP's recipe: one dense array per file filled with np.put, then written as images."""
-    voxel = np.loadtxt(patient / "voxel_dimensions.csv.gz")
+    from rtrai.io.openkbp import csv_stem
+
+    files = {csv_stem(p): p for p in patient.iterdir() if csv_stem(p)}  # .csv, .csv.gz, .csv.xz, ...
+    voxel = pd.read_csv(files.pop("voxel_dimensions"), header=None).to_numpy().ravel()
     out.mkdir(parents=True, exist_ok=True)
-    for path in sorted(patient.glob("*.csv.gz")):
-        if path.name.startswith("voxel_dimensions"):
-            continue
+    for stem, path in sorted(files.items()):
         df = pd.read_csv(path, index_col=0)
         dense = np.zeros((128, 128, 128), np.float32)
         values = df["data"].to_numpy() if df["data"].notna().any() else 1
         np.put(dense, df.index.to_numpy(), values)
         image = sitk.GetImageFromArray(dense)
         image.SetSpacing([float(v) for v in voxel])
-        sitk.WriteImage(image, str(out / (path.name.split(".")[0] + ".nrrd")), True)
+        sitk.WriteImage(image, str(out / (stem + ".nrrd")), True)
 
 
 def main() -> int:

@@ -302,7 +302,7 @@ def export_model(workdir: Path, config: dict, result: dict, command: str) -> Pat
         "inference": {"flip": True, "crop_margin_vox": cfg["crop_margin_vox"]},
         "training": {"command": command, "steps": result["step"], "patch": cfg["patch"], "batch": cfg["batch"],
                      "cpu_hours": result.get("cpu_hours"),
-                     "data": "OpenKBP train-pats (68 patients in ../shared/data)"},
+                     "data": f"{result.get('training_cases', '?')} patients of {result.get('data', 'the training folder')}"},
         "metrics": {"validation_dose_score_gy": best_entry["dose_score_gy"] if best_entry else None,
                     "validation_cases": best_entry["n"] if best_entry else 0,
                     "selected_at_step": best_entry["step"] if best_entry else None},
@@ -601,4 +601,5 @@ def train(data: Path, outdir: Path, config: dict | None = None, validation: Path
     spacing = np.median([c["spacing"] for c in cases], axis=0)
     log(f"stopped at step {step} after {cpu_hours():.3f} CPU hours")
     return {"step": step, "history": history, "spacing_mm": [round(float(v), 3) for v in spacing],
+            "training_cases": len(cases), "data": str(data),
             "cpu_hours": round(cpu_hours(), 6)}  # not 3: a tiny run (tests) is < 3.6 CPU s

@@ -1,6 +1,7 @@
 """OpenKBP patient folders (Babier et al., Med. Phys. 2021) read into a Case, and predictions written back.
 
-Format: every file is a sparse CSV (optionally gzipped) with header ``,data`` and rows ``linear_index,value``
+Format: every file is a sparse CSV (plain or compressed: ``.csv.gz``, ``.csv.xz``, ``.csv.bz2``, ``.csv.zst``,
+``.csv.zip``, whatever pandas decompresses) with header ``,data`` and rows ``linear_index,value``
 (masks leave the value empty) on a 128^3 grid; ``voxel_dimensions.csv`` holds the voxel size in mm.
 
 Axis convention (chosen by us, checked on the anatomy of the data: mandible anterior of the cord, LeftParotid on
@@ -13,7 +14,10 @@ HU (``value - 1024``, int16) and add 1024 back when writing.
 
 from __future__ import annotations
 
+import lzma
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +36,35 @@ CT_OFFSET = 1024  # OpenKBP CT value = HU + 1024
 STRUCTURE_FILES = ("Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible",
                    "PTV56", "PTV63", "PTV70")
 _SPECIAL = {"ct", "dose", "possible_dose_mask", "voxel_dimensions"}
+# Suffixes of an OpenKBP file: upstream's plain CSV and the compressions pandas reads by extension (the shared copy
+# keeps validation patients as .csv.gz and train patients as .csv.xz).
+CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.xz", ".csv.bz2", ".csv.zst", ".csv.zip")
+
+
+def csv_stem(path: Path) -> str | None:
+    """The structure/file stem of an OpenKBP CSV (``LeftParotid`` for ``LeftParotid.csv.xz``), else None."""
+    for suffix in CSV_SUFFIXES:
+        if path.name.endswith(suffix) and len(path.name) > len(suffix):
+            return path.name[: -len(suffix)]
+    return None
 
 
 def _find(folder: Path, stem: str) -> Path | None:
-    for name in (f"{stem}.csv", f"{stem}.csv.gz"):
-        if (folder / name).is_file():
-            return folder / name
+    for suffix in CSV_SUFFIXES:
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}"
     return None
+
+
+# What a damaged or mislabelled file raises while pandas decompresses and parses it (ImportError: the codec for
+# .zst is an optional package).
+_READ_ERRORS = (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError, ValueError,
+                ImportError, lzma.LZMAError, zlib.error, zipfile.BadZipFile)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def is_openkbp_folder(path: str | os.PathLike) -> bool:
@@ -50,8 +76,8 @@ def read_sparse_csv(path: Path, with_values: bool) -> tuple[np.ndarray, np.ndarr
     """(indices, values) of an OpenKBP sparse CSV, validated: integer indices in [0, 128^3), finite values."""
     try:
         df = pd.read_csv(path, header=0, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise FormatError(f"{path}: not a readable OpenKBP CSV ({str(exc).strip().splitlines()[0]})") from None
+    except _READ_ERRORS as exc:
+        raise FormatError(f"{path}: not a readable OpenKBP CSV ({_first_line(exc)})") from None
     if df.shape[1] != 2:
         raise FormatError(f"{path}: expected 2 columns (index,data), found {df.shape[1]}")
     if df.empty:  # a header-only file: an empty dose or a structure with no voxel
@@ -93,9 +119,9 @@ def read_voxel_dimensions(folder: Path) -> tuple[float, float, float]:
     if path is None:
         raise InputError(f"{folder}: voxel_dimensions.csv is missing, so the voxel size is unknown")
     try:
-        values = np.loadtxt(path, dtype=np.float64, ndmin=1)
-    except (ValueError, OSError, EOFError) as exc:
-        raise FormatError(f"{path}: not three numbers ({exc})") from None
+        values = pd.read_csv(path, header=None, dtype=np.float64).to_numpy().ravel()
+    except _READ_ERRORS as exc:
+        raise FormatError(f"{path}: not three numbers ({_first_line(exc)})") from None
     if values.shape != (3,) or not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise FormatError(f"{path}: expected three positive voxel sizes in mm, found {values.tolist()}")
     return float(values[0]), float(values[1]), float(values[2])
@@ -149,7 +175,7 @@ def read_openkbp(folder: str | os.PathLike) -> Case:
     pdm_path = _find(folder, "possible_dose_mask")
     if pdm_path is not None:
         case.possible_dose_mask = _volume(pdm_path, grid, np.uint8, False)
-    known = {p.name.split(".")[0] for p in folder.iterdir() if p.name.endswith((".csv", ".csv.gz"))}
+    known = {stem for stem in map(csv_stem, folder.iterdir()) if stem is not None}
     # OpenKBP's own structures first in its channel order, then any other mask file in the folder.
     for stem in [s for s in STRUCTURE_FILES if s in known] + sorted(known - _SPECIAL - set(STRUCTURE_FILES)):
         mask = _volume(_find(folder, stem), grid, np.uint8, False)
