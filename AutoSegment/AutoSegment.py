@@ -9,7 +9,6 @@ MRML is touched on the main thread only; the file exchange with the jobs is in :
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -88,7 +87,8 @@ class AutoSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.onCancel()
+        if self._job is not None:
+            self._job.remove_temporary()  # stops it and removes its patient data
         self.removeObservers()
 
     def enter(self) -> None:
@@ -164,14 +164,17 @@ class AutoSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = self._onFinished = None
         self.ui.cancelButton.enabled = False
         self._updateButtons()
-        if update.state == "succeeded":
-            with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
-                onFinished()
-        elif update.state == "cancelled":
-            self.ui.statusLabel.text = "Cancelled."
-        else:
-            self.ui.statusLabel.text = job.last_error or "The background process failed."
-            slicer.util.errorDisplay(self.ui.statusLabel.text, detailedText="\n".join(job.log[-50:]))
+        try:
+            if update.state == "succeeded":
+                with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
+                    onFinished()
+            elif update.state == "cancelled":
+                self.ui.statusLabel.text = "Cancelled."
+            else:
+                self.ui.statusLabel.text = job.last_error or "The background process failed."
+                slicer.util.errorDisplay(self.ui.statusLabel.text, detailedText="\n".join(job.log[-50:]))
+        finally:
+            job.remove_temporary()  # the exported patient data and the loaded results
 
     def onCancel(self) -> None:
         if self._job is not None:
@@ -233,7 +236,7 @@ class AutoSegmentLogic(ScriptedLoadableModuleLogic):
         """Start ``rtrai segment`` (with ``--mirror`` when asked; else as the model's manifest says); returns the job
         and a function that loads its result into a segmentation node (``segmentationNode``, or a new one named after
         the volume and the model)."""
-        from rtrai.core.jobs import Job
+        from rtrai.core.jobs import Job, job_folder
         from rtrai.io.case_io import write_case
         from rtrai.mrml import load_segmentation_file, nodes_to_case
 
@@ -241,19 +244,19 @@ class AutoSegmentLogic(ScriptedLoadableModuleLogic):
             raise ValueError("Select an input volume.")
         if not model:
             raise ValueError("No segmentation model is installed in the RTRadiomicsAI model zoo.")
-        folder = Path(tempfile.mkdtemp(prefix="AutoSegment-"))
-        write_case(nodes_to_case(volumeNode), folder / "input")
-        output = folder / "output"
-        job = Job.rtrai("segment", str(folder / "input"), "-o", str(output), "--model", model, "--device", device,
-                        *(["--mirror"] if mirror else []), env=self.jobEnvironment()).start()
-        return job, lambda: load_segmentation_file(output / "Structures.seg.nrrd", slicer.mrmlScene,
-                                                   f"{volumeNode.GetName()} {model}", reference_volume=volumeNode,
-                                                   node=segmentationNode)
+        with job_folder("AutoSegment-") as folder:
+            write_case(nodes_to_case(volumeNode), folder / "input")
+            output = folder / "output"
+            job = Job.rtrai("segment", str(folder / "input"), "-o", str(output), "--model", model, "--device", device,
+                            *(["--mirror"] if mirror else []), env=self.jobEnvironment(), temporary=[folder]).start()
+            return job, lambda: load_segmentation_file(output / "Structures.seg.nrrd", slicer.mrmlScene,
+                                                       f"{volumeNode.GetName()} {model}", reference_volume=volumeNode,
+                                                       node=segmentationNode)
 
     def startComparison(self, volumeNode, predictedNode, referenceNode, tolerance: float = 2.0, tableNode=None):
         """Start ``rtrai evaluate segmentation`` of two segmentations, both put on the volume's grid; returns the job
         and a function that loads the metrics (one row per structure in both) into a table node."""
-        from rtrai.core.jobs import Job
+        from rtrai.core.jobs import Job, job_folder
         from rtrai.io.segfile import write_segmentation
         from rtrai.mrml import nodes_to_case
 
@@ -266,15 +269,15 @@ class AutoSegmentLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"No structure is in both segmentations (names as TG-263): "
                              f"{', '.join(predicted.structures) or 'none'} vs "
                              f"{', '.join(reference.structures) or 'none'}.")
-        folder = Path(tempfile.mkdtemp(prefix="AutoSegment-compare-"))
-        for case, name in ((predicted, "predicted"), (reference, "reference")):
-            write_segmentation(case.structures, folder / f"{name}.seg.nrrd", case.colors, case.ct)
-        output = folder / "metrics"
-        job = Job.rtrai("evaluate", "segmentation", "--pred", str(folder / "predicted.seg.nrrd"), "--ref",
-                        str(folder / "reference.seg.nrrd"), "--tolerance", f"{float(tolerance):g}", "-o", str(output),
-                        env=self.jobEnvironment()).start()
-        name = f"{predictedNode.GetName()} vs {referenceNode.GetName()}"
-        return job, lambda: self.loadMetrics(output / "metrics.csv", name, tableNode)
+        with job_folder("AutoSegment-compare-") as folder:
+            for case, name in ((predicted, "predicted"), (reference, "reference")):
+                write_segmentation(case.structures, folder / f"{name}.seg.nrrd", case.colors, case.ct)
+            output = folder / "metrics"
+            job = Job.rtrai("evaluate", "segmentation", "--pred", str(folder / "predicted.seg.nrrd"), "--ref",
+                            str(folder / "reference.seg.nrrd"), "--tolerance", f"{float(tolerance):g}", "-o",
+                            str(output), env=self.jobEnvironment(), temporary=[folder]).start()
+            name = f"{predictedNode.GetName()} vs {referenceNode.GetName()}"
+            return job, lambda: self.loadMetrics(output / "metrics.csv", name, tableNode)
 
     @staticmethod
     def loadMetrics(path: Path, name: str, tableNode=None):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -103,7 +102,8 @@ class DosePredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.onCancel()
+        if self._job is not None:
+            self._job.remove_temporary()  # stops it and removes its patient data
         self.removeObservers()
 
     def enter(self) -> None:
@@ -204,14 +204,17 @@ class DosePredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = self._onFinished = None
         self.ui.cancelButton.enabled = False
         self._updateButtons()
-        if update.state == "succeeded":
-            with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
-                onFinished()
-        elif update.state == "cancelled":
-            self.ui.statusLabel.text = "Cancelled."
-        else:
-            self.ui.statusLabel.text = job.last_error or "The background process failed."
-            slicer.util.errorDisplay(self.ui.statusLabel.text, detailedText="\n".join(job.log[-50:]))
+        try:
+            if update.state == "succeeded":
+                with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
+                    onFinished()
+            elif update.state == "cancelled":
+                self.ui.statusLabel.text = "Cancelled."
+            else:
+                self.ui.statusLabel.text = job.last_error or "The background process failed."
+                slicer.util.errorDisplay(self.ui.statusLabel.text, detailedText="\n".join(job.log[-50:]))
+        finally:
+            job.remove_temporary()  # the exported patient data and the loaded results
 
     def onCancel(self) -> None:
         if self._job is not None:
@@ -296,7 +299,7 @@ class DosePredictLogic(ScriptedLoadableModuleLogic):
                         doseNode=None):
         """Start ``rtrai dose predict``; returns the job and a function that loads the dose as a SlicerRT dose volume
         (``doseNode``, or a new one named after the CT)."""
-        from rtrai.core.jobs import Job
+        from rtrai.core.jobs import Job, job_folder
         from rtrai.io.case_io import write_case
         from rtrai.mrml import load_dose_file, nodes_to_case, prescription_text
 
@@ -305,70 +308,73 @@ class DosePredictLogic(ScriptedLoadableModuleLogic):
         if not model.strip():
             raise ValueError(NO_MODEL_MESSAGE)
         case = nodes_to_case(ctNode, segmentationNode, targets=self.targetsOf(segmentationNode, targetsText))
-        folder = Path(tempfile.mkdtemp(prefix="DosePredict-"))
-        write_case(case, folder / "case")
-        output = folder / "prediction"
-        job = Job.rtrai("dose", "predict", str(folder / "case"), "-o", str(output), "--model", model.strip(),
-                        "--device", device, "--prescription", prescription_text(case.prescription),
-                        env=self.jobEnvironment()).start()
-        return job, lambda: load_dose_file(output / "Dose.nrrd", slicer.mrmlScene, f"{ctNode.GetName()} predicted dose",
-                                           reference_node=ctNode, node=doseNode)
+        with job_folder("DosePredict-") as folder:
+            write_case(case, folder / "case")
+            output = folder / "prediction"
+            job = Job.rtrai("dose", "predict", str(folder / "case"), "-o", str(output), "--model", model.strip(),
+                            "--device", device, "--prescription", prescription_text(case.prescription),
+                            env=self.jobEnvironment(), temporary=[folder]).start()
+            return job, lambda: load_dose_file(output / "Dose.nrrd", slicer.mrmlScene,
+                                               f"{ctNode.GetName()} predicted dose", reference_node=ctNode,
+                                               node=doseNode)
 
     def startDvh(self, doseNode, segmentationNode, ctNode=None, chartNode=None, tableNode=None):
         """Start ``rtrai dvh`` of every segment (on the CT grid when a CT is given) in the dose (in Gy); returns the
         job and a function that loads the plot chart and the metrics table."""
         import pandas as pd
 
-        from rtrai.core.jobs import Job
+        from rtrai.core.jobs import Job, job_folder
         from rtrai.io.images import write_image
         from rtrai.io.segfile import write_segmentation
         from rtrai.mrml import dose_node_in_gy, dvh_chart, dvh_metrics_table, nodes_to_case
 
         if doseNode is None or segmentationNode is None:
             raise ValueError("Select a dose volume and a segmentation.")
-        folder = Path(tempfile.mkdtemp(prefix="DosePredict-dvh-"))
-        write_image(dose_node_in_gy(doseNode), folder / "Dose.nrrd")
-        case = nodes_to_case(ctNode, segmentationNode)
-        if not case.structures:
-            raise ValueError(f"Segmentation '{segmentationNode.GetName()}' has no non-empty segment.")
-        write_segmentation(case.structures, folder / "Structures.seg.nrrd", case.colors, case.ct)
-        output = folder / "dvh"
-        job = Job.rtrai("dvh", "--dose", str(folder / "Dose.nrrd"), "--structures", str(folder / "Structures.seg.nrrd"),
-                        "-o", str(output), env=self.jobEnvironment()).start()
-        name = f"{doseNode.GetName()} DVH"
+        with job_folder("DosePredict-dvh-") as folder:
+            write_image(dose_node_in_gy(doseNode), folder / "Dose.nrrd")
+            case = nodes_to_case(ctNode, segmentationNode)
+            if not case.structures:
+                raise ValueError(f"Segmentation '{segmentationNode.GetName()}' has no non-empty segment.")
+            write_segmentation(case.structures, folder / "Structures.seg.nrrd", case.colors, case.ct)
+            output = folder / "dvh"
+            job = Job.rtrai("dvh", "--dose", str(folder / "Dose.nrrd"), "--structures",
+                            str(folder / "Structures.seg.nrrd"), "-o", str(output), env=self.jobEnvironment(),
+                            temporary=[folder]).start()
+            name = f"{doseNode.GetName()} DVH"
 
-        def finish():
-            chart = dvh_chart(pd.read_csv(output / "dvh.csv"), slicer.mrmlScene, name, case.colors, chartNode)
-            table = dvh_metrics_table(pd.read_csv(output / "metrics.csv"), slicer.mrmlScene, f"{name} metrics",
-                                      tableNode)
-            return chart, table
+            def finish():
+                chart = dvh_chart(pd.read_csv(output / "dvh.csv"), slicer.mrmlScene, name, case.colors, chartNode)
+                table = dvh_metrics_table(pd.read_csv(output / "metrics.csv"), slicer.mrmlScene, f"{name} metrics",
+                                          tableNode)
+                return chart, table
 
-        return job, finish
+            return job, finish
 
     def startGamma(self, referenceNode, evaluatedNode, doseDifference: float = 3.0, distanceToAgreement: float = 3.0,
                    gammaNode=None):
         """Start ``rtrai gamma`` (global, 10 % cut-off); returns the job and a function that loads the gamma map (on
         the reference grid) and returns it with the summary of gamma.json (pass rate...)."""
-        from rtrai.core.jobs import Job
+        from rtrai.core.jobs import Job, job_folder
         from rtrai.io.images import write_image
         from rtrai.mrml import dose_node_in_gy, load_gamma_map
 
         if referenceNode is None or evaluatedNode is None:
             raise ValueError("Select a reference and an evaluated dose.")
-        folder = Path(tempfile.mkdtemp(prefix="DosePredict-gamma-"))
-        write_image(dose_node_in_gy(referenceNode), folder / "reference.nrrd")
-        write_image(dose_node_in_gy(evaluatedNode), folder / "evaluated.nrrd")
-        output = folder / "gamma"
-        job = Job.rtrai("gamma", "--reference", str(folder / "reference.nrrd"), "--evaluated",
-                        str(folder / "evaluated.nrrd"), "--dd", f"{float(doseDifference):g}", "--dta",
-                        f"{float(distanceToAgreement):g}", "-o", str(output), env=self.jobEnvironment()).start()
-        name = f"gamma {doseDifference:g}%-{distanceToAgreement:g}mm {evaluatedNode.GetName()}"
+        with job_folder("DosePredict-gamma-") as folder:
+            write_image(dose_node_in_gy(referenceNode), folder / "reference.nrrd")
+            write_image(dose_node_in_gy(evaluatedNode), folder / "evaluated.nrrd")
+            output = folder / "gamma"
+            job = Job.rtrai("gamma", "--reference", str(folder / "reference.nrrd"), "--evaluated",
+                            str(folder / "evaluated.nrrd"), "--dd", f"{float(doseDifference):g}", "--dta",
+                            f"{float(distanceToAgreement):g}", "-o", str(output), env=self.jobEnvironment(),
+                            temporary=[folder]).start()
+            name = f"gamma {doseDifference:g}%-{distanceToAgreement:g}mm {evaluatedNode.GetName()}"
 
-        def finish():
-            node = load_gamma_map(output / "gamma.nrrd", slicer.mrmlScene, name, node=gammaNode)
-            return node, json.loads((output / "gamma.json").read_text(encoding="utf-8"))
+            def finish():
+                node = load_gamma_map(output / "gamma.nrrd", slicer.mrmlScene, name, node=gammaNode)
+                return node, json.loads((output / "gamma.json").read_text(encoding="utf-8"))
 
-        return job, finish
+            return job, finish
 
     @staticmethod
     def describeGamma(summary: dict) -> str:

@@ -11,6 +11,7 @@ import re
 import shutil
 import struct
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -55,9 +56,81 @@ def tiny_dose_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo_output(tmp_path_factory):
+    """The phantom demo (synthetic case and outcome model), the case with known answers."""
     out = tmp_path_factory.mktemp("demo") / "demo-output"
-    assert cli.main(["demo", "-o", str(out)]) == 0
+    assert cli.main(["demo", "--phantom", "-o", str(out)]) == 0
     return out
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def readme_demo(tmp_path_factory):
+    """The README's first command exactly as written, from the root of a copy of the repository (the installed
+    rtrai runs; the copy carries the install stamp, as a checkout where `make` has installed once does)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"```bash\n(.*?)\n", readme).group(1).split("#")[0].strip()
+    assert command == "make demo"
+    if shutil.which("make") is None:
+        pytest.fail("make is not installed (Debian: apt-get install make)")
+    copy = tmp_path_factory.mktemp("clone") / "RTRadiomicsAI copy"  # a space in the path, as users have
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    (copy / ".install.stamp").touch()  # installed: this test runs inside that installation
+    result = subprocess.run(command.split(), cwd=copy, capture_output=True, text=True, timeout=900)
+    return copy, result
+
+
+# ------------------------------------------------------------------------------------------ the README's demo
+
+def test_readme_demo_writes_the_report_of_the_real_builtin_case(readme_demo):
+    from rtrai.demo import BUILTIN_CASE
+    from rtrai.mrml import load_scene
+
+    copy, result = readme_demo
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = copy / "demo-output"  # the relative folder the README names
+    for name in OUTPUT_FILES + ("InputStructures.seg.nrrd", "InputDose.nrrd"):
+        assert (out / name).is_file(), name
+    assert "open demo-output/report.html" in result.stdout
+    record = _provenance(out)
+    steps = _steps(out)
+    assert record["command"] == "demo" and record["status"] == "complete" and not record["synthetic_data"]
+    for name in ("load", "segment", "dose", "dvh", "radiomics", "report"):
+        assert steps[name]["status"] == "done", (name, steps[name]["reason"])
+    assert steps["outcome"]["status"] == "skipped" and "no outcome model" in steps["outcome"]["reason"]
+    assert "Outcome model skipped" in result.stderr
+    # The real patient, its plan's own contours and dose kept beside what the models made of it.
+    original = read_case(BUILTIN_CASE)
+    assert original.patient_id == "pt_236" and len(original.structures) == 10
+    np.testing.assert_array_equal(_image(out / "InputDose.nrrd"), sitk.GetArrayFromImage(original.dose))
+    assert record["dose_comparison"]["dose_score_gy"] < 3.5  # held out: the model never saw this patient
+    masks, _ = read_segmentation(out / "Structures.seg.nrrd")
+    given, _ = read_segmentation(out / "InputStructures.seg.nrrd")
+    assert set(given) == set(steps_organs()) <= set(masks)
+    dice = [2 * ((a := _image_of(masks[n])) & (b := _image_of(given[n]))).sum() / (a.sum() + b.sum()) for n in given]
+    assert np.median(dice) > 0.7 and min(dice) > 0.4
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "pt_236" in page and "MIT" in page and "Synthetic data" not in page
+    scene = load_scene(out / "scene.mrb")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+
+
+def _image_of(mask) -> np.ndarray:
+    return sitk.GetArrayFromImage(mask) > 0
+
+
+def test_demo_with_a_relative_output_folder_with_spaces(tmp_path, monkeypatch):
+    """MRML refused a relative folder for the scene bundle, the report step was skipped and the demo exited 0."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["demo", "-o", "my demo/out"]) == 0
+    for name in ("report.html", "scene.mrb", "provenance.json"):
+        assert (tmp_path / "my demo" / "out" / name).is_file(), name
 
 
 # ------------------------------------------------------------------------------------------------ rtrai run, OpenKBP
@@ -161,7 +234,7 @@ def steps_organs():
 
 # ---------------------------------------------------------------------------------------------------------- demo
 
-def test_demo_runs_the_whole_pipeline_on_synthetic_data(demo_output):
+def test_phantom_demo_runs_the_whole_pipeline_on_synthetic_data(demo_output):
     from lifelines import KaplanMeierFitter
 
     from rtrai.outcome.models import OutcomeModel

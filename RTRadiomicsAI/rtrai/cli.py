@@ -14,6 +14,11 @@ import sys
 from rtrai import __version__
 from rtrai.core.errors import RTRAIError
 
+# The argument names under which commands take what they write; every other path argument is an input.
+OUTPUT_DESTS = ("output", "outdir")
+# Inputs that may lie inside the output folder (a training run may start from a model in its own work folder).
+MAY_LIE_INSIDE_OUTPUT = ("init",)
+
 # Sub-command modules, in the order they appear in --help.
 COMMAND_MODULES = (
     "rtrai.io.commands",
@@ -77,6 +82,23 @@ def _info(args) -> int:
     return 0
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Before any work: the command's output is not one of its inputs, not inside one, contains none, and can be
+    written (:func:`rtrai.core.paths.check_output`)."""
+    from rtrai.core.paths import check_output
+
+    def strings(value) -> list[str]:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return [v for v in values if isinstance(v, str) and v]
+
+    for dest in OUTPUT_DESTS:
+        for output in strings(getattr(args, dest, None)):
+            inputs = [v for key, value in vars(args).items() if key not in OUTPUT_DESTS + MAY_LIE_INSIDE_OUTPUT
+                      for v in strings(value)]
+            inside = [v for key in MAY_LIE_INSIDE_OUTPUT for v in strings(getattr(args, key, None))]
+            check_output(output, inputs, "-o" if dest == "output" else "OUTDIR", inside)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -84,10 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        check_paths(args)
         return int(args.func(args) or 0)
     except RTRAIError as exc:
         print(f"rtrai: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the file system refused (disk full, permissions changed mid-run): one line, not a trace
+        from rtrai.core.paths import describe_os_error
+
+        print(f"rtrai: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("rtrai: interrupted", file=sys.stderr)
         return 130

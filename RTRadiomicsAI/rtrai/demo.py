@@ -1,20 +1,28 @@
 """``rtrai demo -o OUT``: the main job on built-in data, with no downloads.
 
-1. A small synthetic cohort for the outcome step: phantom patients (``rtrai.phantom``, seeds 1..N; the demo case,
-   seed 0, is not among them) with cheap features from the pipeline's own radiomics code (shape and first-order of
-   the PTV70 and the parotids, DVH columns of the phantom's dose) and a *planted* endpoint: exponential times to
+1. With ``--phantom``, a small synthetic cohort for the outcome step: phantom patients (``rtrai.phantom``, seeds
+   1..N; the phantom demo case, seed 0, is not among them) with cheap features from the pipeline's own radiomics code (shape and first-order
+   of the PTV70 and the parotids, DVH columns of the phantom's dose) and a *planted* endpoint: exponential times to
    "locoregional failure" with log hazard ``1.0 z(PTV70 volume) - 0.8 z(PTV70 D98%)`` and uniform censoring. A
    LASSO-Cox model is fitted on it (nested cross-validation) into ``OUT/outcome-model/``.
-2. The synthetic phantom case (seed 0) through the whole pipeline (:func:`rtrai.pipeline.run_case`) with the shipped
-   models and that outcome model: ``OUT/report.html``, the case files, ``scene.mrb`` and ``provenance.json``.
+2. The built-in real case, OpenKBP patient pt_236 (``rtrai/data/openkbp``, MIT; no shipped model was trained or
+   selected on it), through the whole pipeline (:func:`rtrai.pipeline.run_case`) with the shipped models:
+   AutoSegment against the plan's own contours, DosePredict against the plan's own dose, ``OUT/report.html``, the
+   case files, ``scene.mrb`` and ``provenance.json``. The outcome step is skipped there (the patient has no
+   follow-up, and a model of synthetic phantoms would extrapolate). ``--phantom`` runs the synthetic phantom (seed
+   ``--seed``) instead, the case the tests use, with the synthetic outcome model of 1.
 
-The report says plainly that the data and the outcome are synthetic, and how to run the same on real data.
+The report says plainly what is real and what is synthetic, and how to run the same on other data.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
+
+# The built-in real case: OpenKBP validation patient pt_236 (source, licence and why this patient: data/openkbp/).
+BUILTIN_CASE = Path(__file__).resolve().parent / "data" / "openkbp" / "pt_236"
 
 COHORT_SIZE = 40
 COHORT_SEED = 1  # phantom seeds COHORT_SEED .. COHORT_SEED + n - 1; seed 0 is the demo case
@@ -29,14 +37,18 @@ TIME, EVENT = "months_to_failure", "failure"
 
 
 def register(sub) -> None:
-    demo = sub.add_parser("demo", help="run the main job on the built-in synthetic phantom (no downloads)",
-                          description="The synthetic head-and-neck phantom through the whole pipeline "
-                                      "(AutoSegment, DosePredict, DVH, radiomics, an outcome model fitted on a "
-                                      "synthetic cohort, report.html, scene.mrb). The same on real data: rtrai run.")
+    demo = sub.add_parser("demo", help="run the main job on a built-in real patient (OpenKBP pt_236; no downloads)",
+                          description="A built-in real head-and-neck patient (OpenKBP pt_236, MIT licence) through "
+                                      "the whole pipeline: AutoSegment and DosePredict against the plan's own "
+                                      "contours and dose, DVH, radiomics, an outcome model fitted on a synthetic "
+                                      "cohort, report.html, scene.mrb. The same on your data: rtrai run.")
     demo.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
-    demo.add_argument("--seed", type=int, default=0, help="phantom variant of the case (0 = the canonical demo case)")
+    demo.add_argument("--phantom", action="store_true",
+                      help="run the synthetic geometric phantom instead of the real patient")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="with --phantom: phantom variant of the case (0 = the canonical phantom case)")
     demo.add_argument("--cohort-size", type=int, default=COHORT_SIZE,
-                      help=f"synthetic patients for the outcome model (default {COHORT_SIZE})")
+                      help=f"with --phantom: synthetic patients for the outcome model (default {COHORT_SIZE})")
     demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     demo.set_defaults(func=run_demo)
 
@@ -44,17 +56,26 @@ def register(sub) -> None:
 def run_demo(args) -> int:
     from rtrai.core.progress import default
 
+    from rtrai.core.errors import InputError
+
+    if not args.phantom and (args.seed or args.cohort_size != COHORT_SIZE):
+        raise InputError("--seed and --cohort-size are for the synthetic phantom: give them with --phantom")
     run = demo(Path(args.output), seed=args.seed, cohort_size=args.cohort_size, device=args.device,
-               progress=default("rtrai demo"))
+               progress=default("rtrai demo"), phantom=args.phantom)
     for line in run.log:
         print(line)
+    for step in run.steps.values():
+        if step.status == "skipped":
+            print(f"rtrai: note: {step.title} skipped: {step.reason}", file=sys.stderr)
     print(f"wrote the demo into {args.output}: open {Path(args.output) / 'report.html'} in a browser and "
           f"{Path(args.output) / 'scene.mrb'} in 3D Slicer")
     return 0
 
 
-def demo(outdir: Path, seed: int = 0, cohort_size: int = COHORT_SIZE, device: str = "auto", progress=None):
-    """Fit the synthetic outcome model, then run the phantom case through the pipeline; returns the CaseRun."""
+def demo(outdir: Path, seed: int = 0, cohort_size: int = COHORT_SIZE, device: str = "auto", progress=None,
+         phantom: bool = False):
+    """Fit the synthetic outcome model, then run the built-in real case (or, with ``phantom``, the phantom of
+    ``seed``) through the pipeline; returns the CaseRun."""
     from rtrai.core.errors import InputError
     from rtrai.core.progress import silent, sub
     from rtrai.phantom import make_phantom
@@ -64,24 +85,33 @@ def demo(outdir: Path, seed: int = 0, cohort_size: int = COHORT_SIZE, device: st
         raise InputError(f"--cohort-size must be at least 10 (a survival model needs events), got {cohort_size}")
     report = progress or silent
     outdir = Path(outdir)
+    if not phantom:
+        notes = ["The case is real: OpenKBP head-and-neck patient pt_236 (Babier et al., Med. Phys. 2021; MIT "
+                 "licence; CT from TCIA), shipped inside rtrai. Neither shipped model was trained or selected on it. "
+                 "AutoSegment is compared with the plan's own contours and DosePredict with the plan's own dose "
+                 "(OpenKBP's automated IMRT plan, 70/63/56 Gy in 35 fractions).",
+                 "No outcome model is applied: the patient has no follow-up, and a model fitted on synthetic patients "
+                 "would only extrapolate. rtrai demo --phantom shows the outcome step with a synthetic cohort; "
+                 "rtrai outcome fit builds a model from your own cohort."]
+        options = Options(device=device, command="demo", notes=notes,
+                          provenance={"demo": {"case": "OpenKBP validation patient pt_236 (built in)"}})
+        return run_case(BUILTIN_CASE, outdir, options, report)
     model_dir = outdir / "outcome-model"
     started = time.perf_counter()
     fit_outcome_model(model_dir, cohort_size, sub(report, 0.0, 0.3))
     fit_seconds = time.perf_counter() - started
-    case = make_phantom(seed=seed)
-    options = Options(outcome_model=str(model_dir), device=device, command="demo",
-                      provenance={"demo": {"seed": seed, "cohort_size": cohort_size, "cohort_seeds":
-                                           [COHORT_SEED, COHORT_SEED + cohort_size - 1], "planted": PLANTED,
-                                           "outcome_model_seconds": round(fit_seconds, 2)}},
-                      notes=[
-        f"The outcome model is synthetic too: a LASSO-Cox model fitted, at the start of this demo, on {cohort_size} "
-        f"other phantom patients whose endpoint was generated from a formula (see Predicted outcome; the cohort and "
-        f"the fit took {fit_seconds:.0f} s, before the steps below). It shows the machinery, not a clinical "
-        "prediction.",
-        "AutoSegment's and DosePredict's models were trained on real CT (OpenKBP); the phantom's simplified anatomy "
-        "is not what they learnt, so their agreement with the phantom's own contours and dose is lower than on "
-        "patients."])
-    return run_case(case, outdir, options, sub(report, 0.3, 1.0))
+    notes = [f"The outcome model is synthetic too: a LASSO-Cox model fitted, at the start of this demo, on "
+             f"{cohort_size} other phantom patients whose endpoint was generated from a formula (see Predicted "
+             f"outcome; the cohort and the fit took {fit_seconds:.0f} s, before the steps below). It shows the "
+             "machinery, not a clinical prediction.",
+             "AutoSegment's and DosePredict's models were trained on real CT (OpenKBP); the phantom's simplified "
+             "anatomy is not what they learnt, so their agreement with the phantom's own contours and dose is lower "
+             "than on patients (rtrai demo without --phantom runs a real patient)."]
+    options = Options(outcome_model=str(model_dir), device=device, command="demo", notes=notes,
+                      provenance={"demo": {"case": "synthetic phantom", "seed": seed, "cohort_size": cohort_size,
+                                           "cohort_seeds": [COHORT_SEED, COHORT_SEED + cohort_size - 1],
+                                           "planted": PLANTED, "outcome_model_seconds": round(fit_seconds, 2)}})
+    return run_case(make_phantom(seed=seed), outdir, options, sub(report, 0.3, 1.0))
 
 
 def cohort_table(n: int = COHORT_SIZE, seed: int = COHORT_SEED, jobs: int | None = None, progress=None):

@@ -4,7 +4,7 @@ Steps, each a small function that records its status (done / skipped), seconds, 
 a one-line summary and, when skipped, why:
 
 1. ``load``       read the input (OpenKBP patient, DICOM folder with RTSTRUCT/RTPLAN/RTDOSE, case folder, image) and
-                  apply ``--prescription`` overrides. The only step whose failure stops the case (bad input).
+                  apply ``--prescription`` overrides. Its failure stops the case (bad input), as does the report's.
 2. ``segment``    AutoSegment (``hn-oar-ct``): the model's organs replace given ones of the same name, which are kept
                   as the reference the report compares with (Dice); skipped with ``--keep-structures`` when the input
                   has structures.
@@ -16,7 +16,11 @@ a one-line summary and, when skipped, why:
 5. ``radiomics``  CT and dose features inside every target and OAR (:mod:`rtrai.radiomics.case_features`).
 6. ``outcome``    with an outcome model (``--outcome-model M``): the predicted risk and its risk group.
 7. ``report``     ``report.html``, the Slicer scene ``scene.mrb``, and every file written into OUT atomically with
-                  ``provenance.json`` (models with sha256, steps, timings).
+                  ``provenance.json`` (models with sha256, steps, timings). A failure here fails the run: nothing
+                  is written then. Only the scene is optional (without MRML installed; the report says so).
+
+A model asked for that cannot be found (``--segmentation-model``, ``--dose-model``, ``--outcome-model``) is an error
+before any step runs, never a silently skipped step.
 
 A folder of patients or a ``--cohort`` list runs each case into ``OUT/<case>/`` (:func:`run_cohort`): finished cases
 are skipped, a failing case is recorded in ``OUT/cohort.csv`` and the cohort goes on; ``OUT/cohort_features.csv``
@@ -146,6 +150,7 @@ def run_case(source, outdir, options: Options | None = None, progress=None) -> C
     from rtrai.core.progress import silent, sub
 
     run = CaseRun(source, options or Options(), Path(outdir))
+    check_models(run.options)
     report = progress or silent
     start = 0.0
     for name in STEPS:
@@ -169,7 +174,7 @@ def _run_step(run: CaseRun, name: str, progress) -> None:
     except StepSkipped as exc:
         step.status, step.reason = SKIPPED, str(exc)
     except RTRAIError as exc:
-        if name == "load":
+        if name in ("load", "report"):  # no case to work on, or nothing written: the run failed
             raise
         step.status, step.reason = SKIPPED, str(exc)
     finally:
@@ -178,6 +183,26 @@ def _run_step(run: CaseRun, name: str, progress) -> None:
         step.peak_rss_mib = peak_rss_mib()
     run.log.append(_log_line(step))
     progress(1.0, f"{name}: {step.status}")
+
+
+def check_models(options: Options) -> None:
+    """The models a run names exist (their manifests read; weights are checked by sha256 when loaded): a model asked
+    for and not found is an error, not a skipped step."""
+    from rtrai.core.errors import ModelError
+    from rtrai.models import read_manifest
+
+    for role, name in (("segmentation", options.segmentation_model), ("dose", options.dose_model)):
+        try:
+            manifest = read_manifest(name)
+        except ModelError as exc:
+            raise ModelError(f"{role} model: {exc}") from None
+        if manifest.get("task") not in (None, role):
+            raise ModelError(f"{role} model '{name}' is a {manifest.get('task')} model")
+    if options.outcome_model is not None:
+        path = Path(options.outcome_model)
+        if not (path / "model.json").is_file() and not path.is_file():
+            raise ModelError(f"--outcome-model {options.outcome_model}: no outcome model there (a folder written by "
+                             "rtrai outcome fit, with model.json)")
 
 
 def _log_line(step: Step) -> str:
@@ -505,7 +530,7 @@ def _write_scene(run: CaseRun, path: Path) -> str:
     try:
         from rtrai.mrml import case_to_scene, save_scene_bundle
         from rtrai.mrml.results import add_result_tables, run_tables
-    except ImportError as exc:
+    except ImportError as exc:  # the one optional output: said in the report, the log and provenance
         return f"not written: MRML is not available ({exc}); install rtradiomicsai[mrml]"
     nodes = case_to_scene(run.case)
     steps = [s.to_dict() for s in run.steps.values()]
@@ -645,6 +670,7 @@ def options_from_args(args) -> Options:
 
 def run_command(args) -> int:
     from rtrai.core.errors import InputError
+    from rtrai.core.paths import check_output
     from rtrai.core.progress import default
     from rtrai.io.case_io import patients_or_case
 
@@ -654,6 +680,7 @@ def run_command(args) -> int:
         if args.input:
             raise InputError("give either INPUT or --cohort LIST, not both")
         cases = read_cohort_list(args.cohort)
+        check_output(out, cases)  # the command line checked the list file; these are the cases it names
     elif not args.input:
         raise InputError("give INPUT (a case, or a folder of patients) or --cohort LIST")
     else:

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from rtrai.core.errors import GeometryError, InputError
 from rtrai.core.image import Grid, check_finite, check_same_grid, mask_array
-from rtrai.core.structures import color_of, is_target, target_dose_level, to_tg263
+from rtrai.core.structures import color_of, is_target, safe_name, target_dose_level, to_tg263
 
 
 @dataclass
@@ -47,7 +47,8 @@ class Case:
         return Grid.of(reference)
 
     def add_structure(self, name: str, mask: sitk.Image | np.ndarray, color=None, keep_name: bool = False) -> str:
-        """Add a mask under its TG-263 name (unless ``keep_name``); returns the name used."""
+        """Add a mask under its TG-263 name (unless ``keep_name``: then the name as given, made safe as a file name by
+        :func:`~rtrai.core.structures.safe_name`, as TG-263 names are); returns the name used."""
         if isinstance(mask, np.ndarray):
             from rtrai.core.image import from_array
 
@@ -57,7 +58,7 @@ class Case:
         mask = sitk.Cast(mask != 0, sitk.sitkUInt8) if mask.GetPixelID() != sitk.sitkUInt8 else mask
         if self.ct is not None:
             check_same_grid(self.ct, mask, ("CT", f"structure '{name}'"))
-        tg = name if keep_name else to_tg263(name)
+        tg = safe_name(name) if keep_name else to_tg263(name)
         self.structures[tg] = mask
         self.colors[tg] = tuple(color) if color is not None else self.colors.get(tg, color_of(tg))
         return tg

@@ -13,6 +13,7 @@ stderr so that a chatty child never blocks on a full pipe.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -20,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +72,18 @@ def rtrai_argv(*args: str) -> list[str]:
     return [python_executable(), "-m", "rtrai", *[str(a) for a in args]]
 
 
+@contextlib.contextmanager
+def job_folder(prefix: str):
+    """A new temporary folder for a background job's inputs and outputs (patient data): removed here when the block
+    fails (the job could not be started), else handed to the job (``temporary=``) to be removed when it is done."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 class Job:
     """One child process followed without blocking.
 
@@ -80,11 +94,13 @@ class Job:
     ``slicer.util.startupEnvironment()`` so the child does not inherit the application's launcher settings.
     """
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None):
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
+                 temporary: Sequence[str | os.PathLike] = ()):
         if not argv:
             raise ValueError("a job needs a command to run")
         self.argv = [str(a) for a in argv]
         self.cwd = cwd
+        self.temporary = [Path(p) for p in temporary]  # folders of patient data removed when the job is done with
         self._env = dict(os.environ if env is None else env)
         self._env["RTRAI_PROGRESS"] = "lines"
         self._env["PYTHONUNBUFFERED"] = "1"  # progress must arrive as it happens, not when the child exits
@@ -100,9 +116,17 @@ class Job:
         self.log: list[str] = []
 
     @classmethod
-    def rtrai(cls, *args: str, env: Mapping[str, str] | None = None, cwd=None) -> Job:
+    def rtrai(cls, *args: str, env: Mapping[str, str] | None = None, cwd=None, temporary=()) -> Job:
         """A job running ``rtrai ARGS`` with the right interpreter."""
-        return cls(rtrai_argv(*args), env=env, cwd=cwd)
+        return cls(rtrai_argv(*args), env=env, cwd=cwd, temporary=temporary)
+
+    def remove_temporary(self) -> None:
+        """Remove the job's temporary folders (exported patient data, results already loaded); the caller does this
+        once the job ended and its results were read, or when it gives the job up. Stops a running job first."""
+        self.cancel()
+        for folder in self.temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.temporary = []
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> Job:

@@ -8,6 +8,7 @@ leaves the rest unchanged, so that nothing is lost.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # TG-263 name -> display colour (R, G, B in 0..1), close to the colours SlicerRT and TotalSegmentator users know.
 TG263_COLORS: dict[str, tuple[float, float, float]] = {
@@ -91,9 +92,31 @@ def _key(name: str) -> str:
     return re.sub(r"[\s_\-.]+", "", name.strip().lower())
 
 
+# Characters that would make a name a path, or a file name some system refuses (Windows: < > : " | ? *).
+_UNSAFE = re.compile(r'[/\\<>:"|?*]')
+MAX_NAME_LENGTH = 128
+
+
+def safe_name(name: str) -> str:
+    """A structure name that is safe as a file name, the one place names from any source (RTSTRUCT, .seg.nrrd, a
+    model manifest, OpenKBP file names) pass before a path is built from them: control characters (NUL included)
+    are dropped, path separators and characters Windows refuses become ``_``, a leading dot (``..``, hidden files)
+    becomes ``_``. A name with nothing left is refused."""
+    from rtrai.core.errors import InputError
+
+    if not isinstance(name, str):
+        raise InputError(f"structure name {name!r} is not text")
+    text = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp")).strip()
+    text = _UNSAFE.sub("_", text)
+    text = re.sub(r"^\.+", lambda m: "_" * len(m.group()), text)[:MAX_NAME_LENGTH].strip()
+    if not text or set(text) <= {"_", "."}:
+        raise InputError(f"structure name {name!r} holds no usable characters")
+    return text
+
+
 def to_tg263(name: str) -> str:
-    """The TG-263 name for ``name`` when recognised, else ``name`` unchanged (stripped)."""
-    stripped = name.strip()
+    """The TG-263 name for ``name`` when recognised, else ``name`` made safe (:func:`safe_name`) and stripped."""
+    stripped = safe_name(name)
     if stripped in TG263_COLORS:
         return stripped
     target = _PTV.match(stripped)

@@ -20,7 +20,7 @@ from rtrai.mrml._slicer import slicer
 
 def save_scene_bundle(scene, path: str | os.PathLike) -> Path:
     """Write ``scene`` as a Slicer scene bundle (``path`` must end in .mrb); returns the path."""
-    path = Path(path)
+    path = Path(path).absolute()  # MRML refuses a relative folder ("given directory is not a full path")
     if path.suffix.lower() != ".mrb":
         raise InputError(f"a scene bundle must be named *.mrb, not '{path.name}'")
     messages = slicer.vtkMRMLMessageCollection()

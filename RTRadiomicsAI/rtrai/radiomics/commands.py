@@ -70,6 +70,9 @@ def run_radiomics(args) -> int:
         return run_robustness(args)
     if not args.output:
         raise InputError("name the output with -o")
+    if not args.voxel and Path(args.output).is_dir():
+        raise InputError(f"-o {args.output} is a folder: name the features file, e.g. -o "
+                         f"{Path(args.output) / 'features.csv'} (a folder is for --voxel maps)")
     if args.cohort:
         return _run_cohort(args)
     if not args.image:
