@@ -24,14 +24,13 @@ how much of the model's DSC there came from the reference written into the CT.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from rtrai.io.openkbp import read_openkbp
+from rtrai.io.openkbp import imaged_slices, leak_free, read_openkbp
 from rtrai.segmentation.metrics import dice
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "openkbp" / "validation-pats"
@@ -40,7 +39,6 @@ GOAL = 0.80
 OUTSIZED = 4.0  # a reference over this many times its organ's median volume is anomalous
 SOLID = ["Brainstem", "SpinalCord", "Parotid_L", "Parotid_R", "Bone_Mandible"]  # no air inside (unlike the airways)
 IN_AIR = 0.10  # a solid organ with more than this share of its voxels below -500 HU is drawn off the patient's CT
-IMAGED = 0.01  # an axial slice holds image data when over this share of it is stored CT outside the contours
 
 
 def shifted(mask: np.ndarray, axis: int) -> np.ndarray:
@@ -50,29 +48,6 @@ def shifted(mask: np.ndarray, axis: int) -> np.ndarray:
     src[axis], dst[axis] = slice(0, -1), slice(1, None)
     out[tuple(dst)] = mask[tuple(src)]
     return out
-
-
-def contoured_voxels(case) -> np.ndarray:
-    """Voxels inside any of the case's structures (OARs and targets)."""
-    contoured = np.zeros(sitk.GetArrayViewFromImage(case.ct).shape, bool)
-    for mask in case.structures.values():
-        contoured |= sitk.GetArrayViewFromImage(mask).astype(bool)
-    return contoured
-
-
-def imaged_slices(ct: np.ndarray, contoured: np.ndarray) -> np.ndarray:
-    """Per axial slice: does the CT hold image data there, not counting the voxels kept because they are contoured?"""
-    stored = (ct != ct.min()) & ~contoured  # OpenKBP leaves out voxels it does not keep: they read as -1024 HU
-    return stored.reshape(ct.shape[0], -1).mean(axis=1) > IMAGED
-
-
-def without_contoured_voxels(case, contoured: np.ndarray, imaged: np.ndarray):
-    """The case with its CT's contoured voxels on slices without image data set to air, as the rest of them are."""
-    ct = sitk.GetArrayFromImage(case.ct)
-    ct[contoured & ~imaged[:, None, None]] = ct.min()
-    image = sitk.GetImageFromArray(ct)
-    image.CopyInformation(case.ct)
-    return dataclasses.replace(case, ct=image)
 
 
 def dsc_where(pred: dict, ref: np.ndarray, name: str, where: np.ndarray) -> float | None:
@@ -94,10 +69,10 @@ def table_for(data: Path, pred: Path | None, model: str | None = None) -> pd.Dat
     rows = []
     for folder in sorted(p for p in data.iterdir() if p.is_dir()):
         case = read_openkbp(folder)
-        ct, contoured = sitk.GetArrayViewFromImage(case.ct), contoured_voxels(case)
-        imaged = imaged_slices(ct, contoured)
+        ct = sitk.GetArrayViewFromImage(case.ct)
+        imaged = imaged_slices(case)  # the one definition of the contour leak: rtrai.io.openkbp
         predicted = read_segmentation(pred / folder.name / "Structures.seg.nrrd")[0] if pred else {}
-        blinded = segmenter.segment(without_contoured_voxels(case, contoured, imaged)) if segmenter else {}
+        blinded = segmenter.segment(leak_free(case)) if segmenter else {}
         voxel_ml = float(np.prod(case.ct.GetSpacing())) / 1000.0
         for name in OARS:
             if name not in case.structures:

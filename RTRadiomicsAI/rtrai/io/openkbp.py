@@ -191,6 +191,42 @@ def read_openkbp(folder: str | os.PathLike) -> Case:
     return case
 
 
+# ------------------------------------------------------------------------------------------- the contour leak
+#
+# OpenKBP's CTs are cut to a region round the plan but keep the CT voxels inside every contour beyond the cut, so on
+# the slices past the cut the image is blank except for the organs themselves: a model can read the contours off
+# them, which no clinical CT allows. One definition, used by training, evaluation and the analysis scripts:
+
+IMAGED_FRACTION = 0.01  # an axial slice holds image data when more than this share of it is CT outside the contours
+
+
+def contoured_voxels(case: Case) -> np.ndarray:
+    """(z, y, x) bool: inside any of the case's structures (OARs and targets)."""
+    contoured = np.zeros(case.grid.shape, bool)
+    for mask in case.structures.values():
+        contoured |= sitk.GetArrayViewFromImage(mask).astype(bool)
+    return contoured
+
+
+def imaged_slices(case: Case) -> np.ndarray:
+    """(z,) bool: the axial slices that hold image data, i.e. where more than :data:`IMAGED_FRACTION` of the slice is
+    stored CT (not OpenKBP's "outside the scan", -1024 HU here) outside the contours."""
+    if case.ct is None:
+        raise InputError("finding the slices with image data needs the CT")
+    stored = (sitk.GetArrayViewFromImage(case.ct) != -CT_OFFSET) & ~contoured_voxels(case)
+    return stored.reshape(stored.shape[0], -1).mean(axis=1) > IMAGED_FRACTION
+
+
+def leak_free(case: Case) -> Case:
+    """A copy of the case whose CT voxels inside contours on slices without image data are set to what the rest of
+    those slices hold (outside the scan, -1024 HU): the CT a model may learn from and be scored on."""
+    import dataclasses
+
+    ct = sitk.GetArrayFromImage(case.ct)
+    ct[contoured_voxels(case) & ~imaged_slices(case)[:, None, None]] = -CT_OFFSET
+    return dataclasses.replace(case, ct=from_array(ct, case.ct), metadata={**case.metadata, "leak_free": True})
+
+
 def _ct_volume(path: Path, grid: Grid) -> sitk.Image:
     indices, values = read_sparse_csv(path, True)
     flat = np.full(N ** 3, -CT_OFFSET, dtype=np.int16)  # unlisted voxels are 0 upstream, i.e. -1024 HU (air)

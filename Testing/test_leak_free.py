@@ -1,0 +1,102 @@
+"""OpenKBP's contour leak, one definition (rtrai.io.openkbp): slices with image data, leak-free CTs, and
+``rtrai evaluate segmentation --imaged-slices`` against a hand-computed case."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from rtrai.core.case import Case
+from rtrai.core.image import from_array
+from rtrai.io.case_io import write_case
+from rtrai.io.openkbp import imaged_slices, leak_free, read_openkbp
+
+AIR_OUTSIDE_SCAN = -1024  # what OpenKBP's unlisted CT voxels read as
+
+
+def _image(array: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    return image
+
+
+def hand_case() -> tuple[Case, Case]:
+    """5 slices of 10 x 10: slices 0-1 scanned, 2-4 outside the scan except the contoured voxels (the leak), slice 3
+    with one stray stored voxel (1 %: not imaged), slice 4 with two (2 %: imaged)."""
+    ct = np.full((5, 10, 10), AIR_OUTSIDE_SCAN, np.int16)
+    ct[:2] = 0
+    square = np.zeros((5, 10, 10), np.uint8)
+    square[:, 2:6, 2:6] = 1  # 16 voxels per slice
+    ct[square > 0] = 40
+    ct[3, 9, 9] = 0
+    ct[4, 9, 8:10] = 0
+    pred = square.copy()
+    pred[1, 2:4, 2:6] = 0  # 8 of 16 on slice 1
+    pred[4] = 0  # nothing on slice 4
+    reference = Case(ct=_image(ct), metadata={"patient_id": "hand"})
+    reference.add_structure("Brainstem", from_array(square, reference.ct))
+    predicted = Case(ct=reference.ct, metadata={"patient_id": "hand"})
+    predicted.add_structure("Brainstem", from_array(pred, reference.ct))
+    return reference, predicted
+
+
+def test_imaged_slices_and_leak_free_by_hand():
+    reference, _ = hand_case()
+    assert imaged_slices(reference).tolist() == [True, True, False, False, True]
+    clean = sitk.GetArrayFromImage(leak_free(reference).ct)
+    original = sitk.GetArrayFromImage(reference.ct)
+    assert (clean[2:4, 2:6, 2:6] == AIR_OUTSIDE_SCAN).all()  # the leaked organ is gone where there is no image
+    assert clean[3, 9, 9] == 0  # what is not contoured stays
+    np.testing.assert_array_equal(clean[[0, 1, 4]], original[[0, 1, 4]])  # imaged slices untouched
+    assert (original[2, 2:6, 2:6] == 40).all()  # and the input case is not modified
+
+
+def test_evaluate_imaged_slices_matches_the_hand_computed_dsc(tmp_path):
+    reference, predicted = hand_case()
+    write_case(reference, tmp_path / "ref")
+    write_case(predicted, tmp_path / "pred")
+
+    def evaluate(*extra) -> pd.DataFrame:
+        out = tmp_path / ("imaged" if extra else "all")
+        result = subprocess.run([sys.executable, "-m", "rtrai", "evaluate", "segmentation", "--pred", tmp_path / "pred",
+                                 "--ref", tmp_path / "ref", "-o", out, *extra], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert json.loads((out / "metrics.json").read_text())["imaged_slices_only"] is bool(extra)
+        return pd.read_csv(out / "metrics.csv").set_index("structure")
+
+    everywhere = evaluate().loc["Brainstem"]
+    assert everywhere["dsc"] == pytest.approx(2 * 56 / (56 + 80))
+    assert everywhere["scored_slices"] == 5
+    imaged = evaluate("--imaged-slices").loc["Brainstem"]
+    # slices 0, 1, 4: reference 48 voxels, prediction 24, all inside the reference
+    assert imaged["dsc"] == pytest.approx(2 * 24 / (24 + 48))
+    assert imaged["volume_ref_voxels"] == 48 and imaged["volume_pred_voxels"] == 24 and imaged["scored_slices"] == 3
+
+
+def test_imaged_slices_needs_the_reference_ct(tmp_path):
+    from rtrai.io.segfile import write_segmentation
+
+    reference, predicted = hand_case()
+    write_segmentation(reference.structures, tmp_path / "ref.seg.nrrd", None, reference.ct)
+    write_segmentation(predicted.structures, tmp_path / "pred.seg.nrrd", None, reference.ct)
+    result = subprocess.run([sys.executable, "-m", "rtrai", "evaluate", "segmentation", "--pred",
+                             tmp_path / "pred.seg.nrrd", "--ref", tmp_path / "ref.seg.nrrd", "-o", tmp_path / "out",
+                             "--imaged-slices"], capture_output=True, text=True)
+    assert result.returncode == 2 and "needs the reference's CT" in result.stderr
+
+
+def test_openkbp_patients_with_and_without_the_leak(openkbp_pt201):
+    """pt_201's CT has image data on 124 of its 128 slices; the leak-free copy changes only contoured voxels there."""
+    case = read_openkbp(openkbp_pt201)
+    imaged = imaged_slices(case)
+    assert imaged.sum() == 124
+    clean = leak_free(case)
+    changed = sitk.GetArrayViewFromImage(clean.ct) != sitk.GetArrayViewFromImage(case.ct)
+    assert not changed[imaged].any()
+    assert clean.metadata["leak_free"] and sorted(clean.structures) == sorted(case.structures)
