@@ -33,6 +33,7 @@ from rtrai.core.image import from_array, mask_array
 OARS = ("Brainstem", "SpinalCord", "Parotid_L", "Parotid_R", "Esophagus", "Larynx", "Bone_Mandible")
 DOSE_SCALE_GY = 70.0
 CHANNELS = ("CT",) + OARS + ("Targets", "PossibleDose", "Prior")
+BEAM_PRIOR = "BeamPrior"  # optional last channel: the ray-traced beam prior (rtrai.dose.beams), config channels
 PRIOR_FALLOFF_MM = 25.0
 FLIP_PAIRS = ((OARS.index("Parotid_L") + 1, OARS.index("Parotid_R") + 1),)  # channel indices to swap on L-R flip
 
@@ -61,11 +62,24 @@ DEFAULT_CONFIG = {
     # Extra L1 weight of voxels inside an OAR or a target (0: every possible-dose voxel counts the same). The DVH score
     # is read off those structures only, while they are a minority of the possible-dose voxels.
     "structure_weight": 0.0,
+    # Input channels: None for CHANNELS; CHANNELS + ["BeamPrior"] adds the ray-traced beam prior (rtrai.dose.beams).
+    "channels": None,
 }
 
 
-def build_network(spec: dict):
-    """The torch module for a network spec: ``prior-unet`` (default), ``unet`` or ``resunet`` (full resolution)."""
+def input_channels(channels=None) -> tuple[str, ...]:
+    """The input channels of a model (config ``channels`` / manifest ``inputs.channels``): :data:`CHANNELS`, optionally
+    followed by :data:`BEAM_PRIOR`."""
+    channels = tuple(channels or CHANNELS)
+    if channels not in (CHANNELS, CHANNELS + (BEAM_PRIOR,)):
+        raise InputError(f"unknown dose input channels {list(channels)}: use {list(CHANNELS)}, optionally followed "
+                         f"by '{BEAM_PRIOR}'")
+    return channels
+
+
+def build_network(spec: dict, channels=None):
+    """The torch module for a network spec: ``prior-unet`` (default), ``unet`` or ``resunet`` (full resolution), for
+    the given input channels (default :data:`CHANNELS`)."""
     import torch
     from monai.networks.nets import UNet
 
@@ -77,7 +91,8 @@ def build_network(spec: dict):
         raise InputError(f"'members: {members}': ensembles are made of prior-unet models (1 or more)")
 
     def make_unet():
-        return UNet(spatial_dims=3, in_channels=len(CHANNELS), out_channels=1, channels=tuple(spec["channels"]),
+        return UNet(spatial_dims=3, in_channels=len(input_channels(channels)), out_channels=1,
+                    channels=tuple(spec["channels"]),
                     strides=tuple(spec["strides"]),
                     num_res_units=spec.get("num_res_units", 3 if kind == "resunet" else 1), norm="instance",
                     act="PRELU")
@@ -125,12 +140,13 @@ def prescription_levels(case: Case) -> dict[str, float]:
     return levels
 
 
-def encode_inputs(case: Case) -> np.ndarray:
-    """The (channels, z, y, x) float32 input of a case (see the module docstring)."""
+def encode_inputs(case: Case, channels=None) -> np.ndarray:
+    """The (channels, z, y, x) float32 input of a case (the module docstring; ``channels``: :func:`input_channels`)."""
+    channels = input_channels(channels)
     if case.ct is None:
         raise InputError("dose prediction needs a CT")
     ct = sitk.GetArrayViewFromImage(case.ct).astype(np.float32)
-    out = np.zeros((len(CHANNELS),) + ct.shape, np.float32)
+    out = np.zeros((len(channels),) + ct.shape, np.float32)
     out[0] = np.clip(ct, -1000, 2000) / 1000.0
     for i, name in enumerate(OARS):
         if name in case.structures:
@@ -146,6 +162,12 @@ def encode_inputs(case: Case) -> np.ndarray:
     else:
         out[BODY] = ct > -500  # the body by threshold when no mask is given
     out[PRIOR] = geometric_prior(case, levels) * out[BODY]
+    if BEAM_PRIOR in channels:
+        from rtrai.dose.beams import beam_prior
+
+        targets = [(level, mask_array(case.structures[name])) for name, level in levels.items()]
+        out[channels.index(BEAM_PRIOR)] = beam_prior(ct, targets, out[BODY] > 0, case.ct.GetSpacing()[::-1],
+                                                      scale_gy=DOSE_SCALE_GY)
     return out
 
 
@@ -251,7 +273,8 @@ class DosePredictor:
         if self.manifest.get("task") != "dose":
             raise ModelError(f"model '{self.manifest['name']}' is a {self.manifest.get('task')} model, not a dose model")
         self.device = pick_device(device)
-        self.network = build_network(self.manifest["network"])
+        self.channels = input_channels(self.manifest["inputs"].get("channels"))
+        self.network = build_network(self.manifest["network"], self.channels)
         self.network.load_state_dict(load_state_dict(self.manifest))
         self.network.to(self.device)
         if self.device.type == "cpu":
@@ -279,7 +302,7 @@ class DosePredictor:
                              f"{tuple(round(s, 2) for s in case.ct.GetSpacing())} mm (resample it first)")
         patch = self.manifest.get("training", {}).get("patch")
         inference = inference_settings(self.manifest)
-        dose = predict_array(self.network, encode_inputs(case), str(self.device), patch,
+        dose = predict_array(self.network, encode_inputs(case, self.channels), str(self.device), patch,
                              bool(inference["flip"]), inference["crop_margin_vox"])
         return from_array(dose, case.ct)
 
@@ -296,13 +319,15 @@ def export_model(workdir: Path, config: dict, result: dict, command: str) -> Pat
     manifest = {
         "name": config.get("name", "dose-model"), "version": f"step{result['step']}", "task": "dose",
         "weights": "weights.safetensors", "sha256": "", "network": cfg["network"],
-        "inputs": {"channels": list(CHANNELS), "ct_window_hu": [-1000, 2000], "dose_scale_gy": DOSE_SCALE_GY,
+        "inputs": {"channels": list(input_channels(cfg["channels"])), "ct_window_hu": [-1000, 2000],
+                   "dose_scale_gy": DOSE_SCALE_GY,
                    "spacing_mm": result["spacing_mm"]},
         "labels": ["Dose"],
         "inference": {"flip": True, "crop_margin_vox": cfg["crop_margin_vox"]},
         "training": {"command": command, "steps": result["step"], "patch": cfg["patch"], "batch": cfg["batch"],
                      "cpu_hours": result.get("cpu_hours"),
-                     "data": f"{result.get('training_cases', '?')} patients of {result.get('data', 'the training folder')}"},
+                     "data": f"{result.get('training_cases', '?')} patients of "
+                             f"{result.get('data', 'the training folder')}"},
         "metrics": {"validation_dose_score_gy": best_entry["dose_score_gy"] if best_entry else None,
                     "validation_cases": best_entry["n"] if best_entry else 0,
                     "selected_at_step": best_entry["step"] if best_entry else None},
@@ -347,7 +372,8 @@ def join_models(models: list[str], destination: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------------------- training
 
 
-def _load_cohort(folder: Path, log, limit: int | None = None, crop_margin: int | None = None) -> list[dict]:
+def _load_cohort(folder: Path, log, limit: int | None = None, crop_margin: int | None = None,
+                 channels=None) -> list[dict]:
     """Encoded cases (float16), each cropped to its possible-dose box grown by ``crop_margin`` voxels if given."""
     from rtrai.io.case_io import list_cases, read_case
 
@@ -357,7 +383,7 @@ def _load_cohort(folder: Path, log, limit: int | None = None, crop_margin: int |
         if case.dose is None:
             log(f"skipping {path.name}: no dose")
             continue
-        x = encode_inputs(case).astype(np.float16)
+        x = encode_inputs(case, channels).astype(np.float16)
         y = (sitk.GetArrayViewFromImage(case.dose) / DOSE_SCALE_GY).astype(np.float16)
         box = body_box(x, crop_margin) if crop_margin is not None else (slice(None),) * 3
         cases.append({"id": path.name, "spacing": case.ct.GetSpacing(), "x": x[(slice(None),) + box], "y": y[box]})
@@ -386,7 +412,8 @@ def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, spec: dict)
                           [sin, cos, 0.0, 2.0 * shift[1] / size[1]],
                           [0.0, 0.0, 1.0 / scale, 2.0 * shift[2] / size[2]]], dtype=torch.float32)[None]
     bits = sum(x[c].astype(np.int32) << i for i, c in enumerate(MASK_CHANNELS)).astype(np.float32)
-    smooth = torch.from_numpy(np.stack([x[0] + 1.0, x[PRIOR], y]))[None]  # CT + 1: air becomes 0, the padding value
+    extra = list(range(len(CHANNELS), x.shape[0]))  # channels after CHANNELS (the beam prior): smooth, like the prior
+    smooth = torch.from_numpy(np.stack([x[0] + 1.0, x[PRIOR], y] + [x[c] for c in extra]))[None]  # CT + 1: air -> 0
     nearest = torch.from_numpy(np.stack([bits, x[TARGETS]]))[None]
     grid = F.affine_grid(theta, [1, 1, *x.shape[1:]], align_corners=False)
     smooth = F.grid_sample(smooth, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].numpy()
@@ -395,6 +422,8 @@ def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, spec: dict)
     jitter = float(spec.get("ct_jitter", 0))
     out[0] = (smooth[0] - 1.0) * (1 + rng.uniform(-jitter, jitter)) + rng.uniform(-jitter, jitter)
     out[PRIOR], out[TARGETS] = smooth[1], nearest[1]
+    for i, c in enumerate(extra):
+        out[c] = smooth[3 + i]
     packed = nearest[0].astype(np.int32)
     for i, c in enumerate(MASK_CHANNELS):
         out[c] = (packed >> i) & 1
@@ -445,11 +474,11 @@ def validation_scores(network, cases: list[dict], patch=None, crop_margin: int |
     return {"dose_score_gy": float(np.mean(errors)), "n": len(errors)}
 
 
-def build_discriminator(spec: dict):
+def build_discriminator(spec: dict, in_channels: int = len(CHANNELS)):
     """The conditional PatchGAN of the adversarial mode: input channels + the dose, at half resolution."""
     from monai.networks.nets import PatchDiscriminator
 
-    return PatchDiscriminator(spatial_dims=3, channels=int(spec.get("channels", 16)), in_channels=len(CHANNELS) + 1,
+    return PatchDiscriminator(spatial_dims=3, channels=int(spec.get("channels", 16)), in_channels=in_channels + 1,
                               num_layers_d=int(spec.get("layers", 3)), norm="INSTANCE")
 
 
@@ -517,14 +546,15 @@ def train(data: Path, outdir: Path, config: dict | None = None, validation: Path
 
     torch.manual_seed(cfg["seed"])
     torch.set_num_threads(int(os.environ.get("RTRAI_THREADS", os.cpu_count() or 2)))
-    network = build_network(cfg["network"])
+    channels = input_channels(cfg["channels"])
+    network = build_network(cfg["network"], channels)
     multiple = int(np.prod(network.strides))
     optimiser = torch.optim.AdamW(network.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     # Step-count schedule (not wall-clock): a loaded machine must not decay the rate before the steps happen.
     schedule = _one_cycle(optimiser, cfg)
     adversarial = cfg.get("adversarial")
     if adversarial:
-        discriminator = build_discriminator(adversarial)
+        discriminator = build_discriminator(adversarial, len(channels))
         d_optimiser = torch.optim.Adam(discriminator.parameters(), lr=float(adversarial.get("lr", 2e-4)),
                                        betas=(0.5, 0.999))
     rng = np.random.default_rng(cfg["seed"])
@@ -546,8 +576,8 @@ def train(data: Path, outdir: Path, config: dict | None = None, validation: Path
             d_optimiser.load_state_dict(state["d_optimiser"])
         log(f"resumed at step {step}")
     log(f"config {json.dumps(cfg)}")
-    cases = _load_cohort(data, log, crop_margin=cfg["crop_margin_vox"])
-    val_cases = _load_cohort(validation, log, cfg.get("validation_cases", 8)) if validation else []
+    cases = _load_cohort(data, log, crop_margin=cfg["crop_margin_vox"], channels=channels)
+    val_cases = _load_cohort(validation, log, cfg.get("validation_cases", 8), channels=channels) if validation else []
     log(f"{len(cases)} training cases, {len(val_cases)} validation cases")
 
     def save() -> None:
