@@ -8,6 +8,7 @@ a QTimer on the main thread, with progress and Cancel; MRML is touched on the ma
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import tempfile
 from pathlib import Path
@@ -22,6 +23,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+# Settings of the RTRadiomicsAI hub, published in this process's environment; passed on to the background jobs.
+SETTINGS_VARIABLES = ("RTRAI_DEVICE", "RTRAI_MODEL_CACHE")
 PRESETS = ("CT", "MR", "dose", "parameter file")
 MODELS = ("default", "lasso-cox", "cox", "lasso-logistic", "svm", "rf", "mlp")
 
@@ -96,7 +99,8 @@ class OutcomeModelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.onCancel()
+        if self._job is not None:
+            self._job.remove_temporary()  # stops it and removes its patient data
         self.removeObservers()
 
     def enter(self) -> None:
@@ -148,14 +152,17 @@ class OutcomeModelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = self._onFinished = None
         self.ui.cancelButton.enabled = False
         self.ui.extractButton.enabled = self.ui.fitButton.enabled = True
-        if update.state == "succeeded":
-            with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
-                onFinished()
-        elif update.state == "cancelled":
-            self.ui.statusLabel.text = "Cancelled."
-        else:
-            self.ui.statusLabel.text = job.last_error or "The background process failed."
-            slicer.util.errorDisplay(self.ui.statusLabel.text, detailedText="\n".join(job.log[-50:]))
+        try:
+            if update.state == "succeeded":
+                with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
+                    onFinished()
+            elif update.state == "cancelled":
+                self.ui.statusLabel.text = "Cancelled."
+            else:
+                self.ui.statusLabel.text = job.last_error or "The background process failed."
+                slicer.util.errorDisplay(self.ui.statusLabel.text, detailedText="\n".join(job.log[-50:]))
+        finally:
+            job.remove_temporary()  # exported images and masks (the fit's model folder is a result: it stays)
 
     def onCancel(self) -> None:
         if self._job is not None:
@@ -205,8 +212,12 @@ class OutcomeModelLogic(ScriptedLoadableModuleLogic):
         return OutcomeModelParameterNode(super().getParameterNode())
 
     @staticmethod
-    def _environment():
-        return slicer.util.startupEnvironment() if hasattr(slicer.util, "startupEnvironment") else None
+    def _environment() -> dict:
+        """Slicer's startup environment (without the launcher's settings for the application) plus the hub's
+        settings (device, model folder), as AutoSegment and DosePredict pass them."""
+        env = dict(slicer.util.startupEnvironment()) if hasattr(slicer.util, "startupEnvironment") else dict(os.environ)
+        env.update({name: os.environ[name] for name in SETTINGS_VARIABLES if name in os.environ})
+        return env
 
     def exportInputs(self, volumeNode, segmentationNode, segmentNames, folder: Path) -> Path:
         """Write the volume and one labelmap per segment, and a pyradiomics batch file listing them."""
@@ -240,20 +251,17 @@ class OutcomeModelLogic(ScriptedLoadableModuleLogic):
 
     def startRadiomics(self, volumeNode, segmentationNode, segmentNames, preset, paramsFile, jobs, tableNode=None):
         """Start ``rtrai radiomics --cohort``; returns the job and a function that loads the result table."""
-        from rtrai.core.jobs import Job
+        from rtrai.core.jobs import Job, job_folder
 
-        folder = Path(tempfile.mkdtemp(prefix="OutcomeModel-radiomics-"))
-        batch = self.exportInputs(volumeNode, segmentationNode, segmentNames, folder)
-        output = folder / "features.csv"
-        args = ["radiomics", "--cohort", str(batch), "--jobs", str(max(1, int(jobs))), "-o", str(output)]
-        if preset == "parameter file":
-            if not paramsFile:
-                raise ValueError("Choose a pyradiomics parameter file.")
-            args += ["--params", paramsFile]
-        else:
-            args += ["--preset", preset]
-        job = Job.rtrai(*args, env=self._environment()).start()
-        return job, lambda: self.loadTable(output, tableNode, f"{volumeNode.GetName()} features")
+        if preset == "parameter file" and not paramsFile:
+            raise ValueError("Choose a pyradiomics parameter file.")
+        with job_folder("OutcomeModel-radiomics-") as folder:
+            batch = self.exportInputs(volumeNode, segmentationNode, segmentNames, folder)
+            output = folder / "features.csv"
+            args = ["radiomics", "--cohort", str(batch), "--jobs", str(max(1, int(jobs))), "-o", str(output)]
+            args += ["--params", paramsFile] if preset == "parameter file" else ["--preset", preset]
+            job = Job.rtrai(*args, env=self._environment(), temporary=[folder]).start()
+            return job, lambda: self.loadTable(output, tableNode, f"{volumeNode.GetName()} features")
 
     @staticmethod
     def loadTable(path: Path, tableNode=None, name: str = "features"):

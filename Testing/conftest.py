@@ -34,6 +34,37 @@ def process_alive(pid: int) -> bool:
         return True
 
 
+def process_started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc; None when gone or unknown): with its pid, it
+    names one process, so that a test never mistakes (or signals) another process that reused the number."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(pid: int) -> dict[int, int]:
+    """The live processes below ``pid`` (its children, theirs, ...), each with its start time (Linux, /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = (int(fields[1]), int(fields[19]))
+    found, frontier = {}, {pid}
+    while frontier:
+        frontier = {child for child, (parent, _) in parents.items() if parent in frontier and child not in found}
+        found.update({child: parents[child][1] for child in frontier})
+    return found
+
+
+def still_running(processes: dict[int, int]) -> list[int]:
+    """Those of ``processes`` (pid -> start time, as :func:`descendants` gives) that are the same processes, alive."""
+    return [pid for pid, started in processes.items() if process_alive(pid) and process_started(pid) == started]
+
+
 @pytest.fixture
 def shared_data() -> Path:
     return shared_path()

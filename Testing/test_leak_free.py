@@ -100,3 +100,27 @@ def test_openkbp_patients_with_and_without_the_leak(openkbp_pt201):
     changed = sitk.GetArrayViewFromImage(clean.ct) != sitk.GetArrayViewFromImage(case.ct)
     assert not changed[imaged].any()
     assert clean.metadata["leak_free"] and sorted(clean.structures) == sorted(case.structures)
+
+
+def test_training_samples_are_leak_free_and_scored_on_imaged_slices():
+    """With ``leak_free`` a training config reads OpenKBP cases without the leak and validates on imaged slices."""
+    from conftest import shared_path
+    from rtrai.segmentation.config import load_config
+    from rtrai.segmentation.data import load_samples
+
+    folder = shared_path("openkbp", "validation-pats", "pt_235")  # 23 slices without image data, 261 leaked voxels
+    case = read_openkbp(folder)
+    imaged = imaged_slices(case)
+    assert 0 < (~imaged).sum() < 128
+    config = load_config("hn-oar-ct-v4")
+    plain, = load_samples([folder], config)
+    clean, = load_samples([folder], {**config, "leak_free": True})
+    assert plain.scored is None and clean.scored.tolist() == imaged.tolist()
+    off = ~imaged
+    leaked = sitk.GetArrayViewFromImage(case.ct)[off] != AIR_OUTSIDE_SCAN
+    assert leaked.any()  # the leak: stored CT on slices without image data
+    from rtrai.io.openkbp import contoured_voxels
+
+    leak = contoured_voxels(case) & off[:, None, None] & (sitk.GetArrayViewFromImage(case.ct) != AIR_OUTSIDE_SCAN)
+    assert leak.any() and (clean.image[0][leak] == -1).all() and not (plain.image[0][leak] == -1).any()
+    np.testing.assert_array_equal(clean.image[:, imaged], plain.image[:, imaged])

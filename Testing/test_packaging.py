@@ -297,3 +297,34 @@ def test_pip_package_data_covers_every_library_resource():
                  if r.startswith("rtrai/")]
     uncovered = [r for r in resources if not any(fnmatch.fnmatchcase(r, p) for p in patterns)]
     assert uncovered == [], f"add to [tool.setuptools.package-data] rtrai in pyproject.toml: {uncovered}"
+
+
+def test_every_package_data_glob_matches_a_file():
+    # A glob that matches nothing ships nothing: it is a stale entry or a typo that hides a missing resource.
+    setuptools = _pyproject()["tool"]["setuptools"]
+    roots = [REPO / where for where in setuptools["packages"]["find"]["where"]]
+    for package, patterns in setuptools["package-data"].items():
+        folder = next(root / package.replace(".", "/") for root in roots if (root / package.replace(".", "/")).is_dir())
+        empty = [p for p in patterns if not any(f.is_file() for f in folder.glob(p))]
+        assert empty == [], f"[tool.setuptools.package-data] {package}: {empty} match no file under {folder}"
+
+
+# -- background jobs ------------------------------------------------------------------------------------------
+def _string_constants(tree: ast.AST) -> set[str]:
+    return {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.name)
+def test_background_jobs_get_the_hub_settings(module):
+    # The hub publishes its device and model folder settings as environment variables; a job started with Slicer's
+    # startup environment alone would run on the default device and miss the user's models.
+    path = module / f"{module.name}.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and node.func.attr == "rtrai" and isinstance(node.func.value, ast.Name) and node.func.value.id == "Job"]
+    if not calls:
+        pytest.skip(f"{module.name} starts no background job")
+    assert all(any(k.arg == "env" for k in call.keywords) for call in calls), \
+        f"{path.name}: a Job.rtrai(...) call without env= (lines {[c.lineno for c in calls]})"
+    assert {"RTRAI_DEVICE", "RTRAI_MODEL_CACHE"} <= _string_constants(tree), \
+        f"{path.name} does not pass RTRAI_DEVICE and RTRAI_MODEL_CACHE to its jobs"

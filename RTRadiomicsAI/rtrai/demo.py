@@ -116,13 +116,11 @@ def demo(outdir: Path, seed: int = 0, cohort_size: int = COHORT_SIZE, device: st
 
 def cohort_table(n: int = COHORT_SIZE, seed: int = COHORT_SEED, jobs: int | None = None, progress=None):
     """The synthetic cohort: one row per phantom patient with :data:`CANDIDATES` and the planted endpoint."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     import numpy as np
     import pandas as pd
 
     from rtrai.core.progress import silent
+    from rtrai.core.workers import process_pool
     from rtrai.radiomics.case_features import default_jobs
 
     report = progress or silent
@@ -134,7 +132,7 @@ def cohort_table(n: int = COHORT_SIZE, seed: int = COHORT_SEED, jobs: int | None
             report(i / n, f"synthetic cohort: patient {i + 1}/{n}")
             rows.append(_patient_features(s))
     else:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        with process_pool(jobs, "fork") as pool:  # workers that exit with this process
             for i, row in enumerate(pool.map(_patient_features, seeds)):
                 report(i / n, f"synthetic cohort: patient {i + 1}/{n}")
                 rows.append(row)

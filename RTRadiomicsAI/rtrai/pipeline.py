@@ -559,12 +559,18 @@ def load_results(folder, scene=None) -> dict:
 # ---------------------------------------------------------------------------------------------------------- cohort
 
 def is_finished(folder: Path) -> bool:
-    """True when ``folder`` holds a complete ``rtrai run`` result (its provenance is written last, atomically)."""
+    """True when ``folder`` holds a complete ``rtrai run`` result: its provenance (moved in last, atomically, and
+    removed first when a folder is written again) says so, and every output it lists is there."""
+    folder = Path(folder)
     try:
-        record = json.loads((Path(folder) / "provenance.json").read_text(encoding="utf-8"))
+        record = json.loads((folder / "provenance.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return record.get("command") in ("run", "demo") and record.get("status") == "complete"
+    if not isinstance(record, dict) or record.get("command") not in ("run", "demo") \
+            or record.get("status") != "complete":
+        return False
+    outputs = record.get("outputs")
+    return not isinstance(outputs, list) or all(isinstance(n, str) and (folder / n).is_file() for n in outputs)
 
 
 def read_cohort_list(path: str | os.PathLike) -> list[Path]:
@@ -574,8 +580,11 @@ def read_cohort_list(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"cohort list not found: {path}")
+    from rtrai.io.text import read_text
+
+    text = read_text(path, "a cohort list (one case path per line)")
     cases = []
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             item = Path(line)
@@ -590,7 +599,12 @@ def read_cohort_list(path: str | os.PathLike) -> list[Path]:
 
 
 def run_cohort(cases: list[Path], outdir, options: Options | None = None, progress=None) -> dict:
-    """Run each case into ``outdir/<name>``; returns counts and writes ``cohort.csv`` and ``cohort_features.csv``."""
+    """Run each case into ``outdir/<name>``; returns counts and writes ``cohort.csv`` and ``cohort_features.csv``.
+
+    Kill-safe: while the cohort runs its table is ``cohort.partial.csv`` (rewritten atomically after each case, a
+    case recorded as done only once its folder is finished), renamed to ``cohort.csv`` at the end; a ``cohort.csv``
+    of an earlier run is removed when a new run starts. Run again, finished cases are skipped and the others redone.
+    """
     import pandas as pd
 
     from rtrai.core.outputs import write_text
@@ -598,6 +612,9 @@ def run_cohort(cases: list[Path], outdir, options: Options | None = None, progre
 
     outdir = Path(outdir)
     report = progress or silent
+    table, partial = outdir / "cohort.csv", outdir / "cohort.partial.csv"
+    if table.is_file() and not table.is_symlink():
+        table.unlink()  # it described the cohort as finished; from now on it is not, until this run ends
     rows = []
     for i, path in enumerate(cases):
         target = outdir / path.name
@@ -613,22 +630,26 @@ def run_cohort(cases: list[Path], outdir, options: Options | None = None, progre
                 run = run_case(path, target, options,
                                lambda f, m="", n=path.name, p=part: p(f, f"{n}: {m}" if m else n))
                 row["skipped_steps"] = " ".join(s.name for s in run.steps.values() if s.status == SKIPPED)
+                if not is_finished(target):
+                    row["status"], row["error"] = "failed", f"{target} is not a finished result folder"
             except Exception as exc:  # noqa: BLE001 - a failing case is recorded and the cohort goes on
                 row["status"] = "failed"
                 row["error"] = str(exc) if _is_rtrai_error(exc) else f"unexpected {type(exc).__name__}: {exc}"
             row["seconds"] = round(time.perf_counter() - started, 2)
         rows.append(row)
         outdir.mkdir(parents=True, exist_ok=True)
-        write_text(outdir / "cohort.csv", pd.DataFrame(rows).to_csv(index=False))
+        write_text(partial, pd.DataFrame(rows).to_csv(index=False))
     features = []
     for row in rows:
-        table = outdir / row["case"] / "features.csv"
-        if row["status"] != "failed" and table.is_file():
+        case_table = outdir / row["case"] / "features.csv"
+        if row["status"] != "failed" and case_table.is_file():
             from rtrai.radiomics.case_features import wide_features
 
-            features.append(wide_features(pd.read_csv(table, dtype={"ID": str, "error": str})))
+            features.append(wide_features(pd.read_csv(case_table, dtype={"ID": str, "error": str})))
     if features:
         write_text(outdir / "cohort_features.csv", pd.concat(features, ignore_index=True).to_csv(index=False))
+    if rows:
+        os.replace(partial, table)  # the finished table takes its final name last
     report(1.0, "cohort done")
     return {"cases": len(rows), "done": sum(r["status"] == "done" for r in rows),
             "finished_before": sum(r["status"] == "finished before" for r in rows),

@@ -47,9 +47,11 @@ def register(sub) -> None:
 
 
 def load_config(name_or_path: str) -> dict:
-    import yaml
-
+    """A dose training config (YAML file or shipped name), checked: a mapping of known settings, each of its
+    default's type; YAML mistakes are one line naming the file, line and column."""
     from rtrai.core.errors import InputError
+    from rtrai.dose.prediction import DEFAULT_CONFIG
+    from rtrai.segmentation.config import check_types, read_settings_file
 
     path = Path(name_or_path)
     if not path.is_file():
@@ -57,26 +59,44 @@ def load_config(name_or_path: str) -> dict:
     if not path.is_file():
         raise InputError(f"dose config not found: {name_or_path} (shipped: "
                          f"{', '.join(p.stem for p in sorted(CONFIGS.glob('*.yaml')))})")
-    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    from rtrai.dose.prediction import DEFAULT_CONFIG
-
-    unknown = set(config) - set(DEFAULT_CONFIG) - {"name", "validation_cases"}
+    config = read_settings_file(path)
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: a dose config must be a mapping of settings, not {type(config).__name__}")
+    known = {**DEFAULT_CONFIG, "name": "dose-model", "validation_cases": 8}
+    unknown = sorted((k for k in config if k not in known), key=str)
     if unknown:
-        raise InputError(f"{path}: unknown config keys {sorted(unknown)}")
+        raise InputError(f"{path}: unknown config keys {', '.join(map(repr, unknown))}")
+    check_types(known, config, f"{path}:")
     return config
 
 
 def parse_prescription(text: str | None) -> dict[str, float]:
+    """``"PTV70=70,PTV56=56"`` -> TG-263 name -> Gy; a value must be a dose in Gy: positive and at most
+    :data:`rtrai.dose.gamma.MAX_PLAUSIBLE_GY` (the limit under which the dose commands take a dose for Gy, so a
+    prescription of 7000 is refused as cGy just as a dose of 7000 is)."""
+    import math
+
     from rtrai.core.errors import InputError
     from rtrai.core.structures import to_tg263
+    from rtrai.dose.gamma import MAX_PLAUSIBLE_GY
 
     out = {}
-    for item in filter(None, (text or "").split(",")):
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
         name, _, value = item.partition("=")
         try:
-            out[to_tg263(name)] = float(value)
+            gy = float(value)
         except ValueError:
             raise InputError(f"--prescription: '{item}' is not NAME=GY") from None
+        if not name.strip():
+            raise InputError(f"--prescription: '{item}' has no target name (NAME=GY)")
+        if not math.isfinite(gy) or gy <= 0:
+            raise InputError(f"--prescription: '{item}': a prescription must be a positive dose in Gy")
+        if gy > MAX_PLAUSIBLE_GY:
+            raise InputError(f"--prescription: '{item}': {gy:g} Gy is implausible (more than {MAX_PLAUSIBLE_GY:g} Gy); "
+                             f"it looks like cGy: give {name.strip()}={gy / 100:g} for {gy:g} cGy")
+        out[to_tg263(name.strip())] = gy
     return out
 
 
@@ -117,10 +137,10 @@ def run_predict(args) -> int:
     from rtrai.dose.prediction import DosePredictor
     from rtrai.io.case_io import patients_or_case
 
-    predictor = DosePredictor(args.model, args.device)
-    prescription = parse_prescription(args.prescription)
+    prescription = parse_prescription(args.prescription)  # bad input is said before the model loads
     source, out = Path(args.input), Path(args.output)
     patients = patients_or_case(source)
+    predictor = DosePredictor(args.model, args.device)
     jobs = [(source, out)] if patients is None else [(p, out / p.name) for p in patients]
     failures = []
     for path, target in track(jobs, default("Predicting dose") if len(jobs) > 1 else None, message=""):

@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--structures", required=True, help="RTSTRUCT .dcm, .seg.nrrd, or a case folder")
     p.add_argument("--metrics", default=DEFAULT_DVH_METRICS,
                    help=f"comma-separated: Dmean, Dmax, Dmin, Volume, D<x>%%, D<x>cc, V<x>Gy, V<x>Gy_cc "
-                        f"(default {DEFAULT_DVH_METRICS})")
+                        f"(default {DEFAULT_DVH_METRICS.replace('%', '%%')})")  # argparse %-formats help
     p.add_argument("--names", help="comma-separated structure names to include (default: all)")
     p.add_argument("--bin", type=float, default=0.1, help="dose bin of dvh.csv in Gy (default 0.1)")
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -248,13 +248,16 @@ def _evaluate_pair(name: str, pred_path: Path, ref_path: Path, structures: str |
     for case, what, path in ((ref_case, "reference", ref_path), (pred_case, "predicted", pred_path)):
         if case.dose is None:
             raise InputError(f"{name}: the {what} input {path} holds no dose")
+    # Each message names the input at fault: ``name`` is the reference's folder name, not the predicted input.
     diffs = Grid.of(ref_case.dose).differences(Grid.of(pred_case.dose))
     if diffs:
-        raise GeometryError(f"{name}: reference and predicted doses are on unrelated grids: " + "; ".join(diffs))
-    ref = check_dose(ref_case.dose, f"{name}: reference dose")
-    pred = check_dose(pred_case.dose, f"{name}: predicted dose")
-    holder = ref_case if ref_case.structures else pred_case
+        raise GeometryError(f"{name}: the predicted dose {pred_path} is not on the grid of the reference dose "
+                            f"{ref_path}: " + "; ".join(diffs))
+    ref = check_dose(ref_case.dose, f"{name}: the reference dose {ref_path}")
+    pred = check_dose(pred_case.dose, f"{name}: the predicted dose {pred_path}")
+    holder, holder_path = (ref_case, ref_path) if ref_case.structures else (pred_case, pred_path)
     if structures:
+        holder_path = Path(structures)
         holder = _load_case_dose(Path(structures)) if Path(structures).is_dir() else None
         if holder is None:
             from rtrai.io.segfile import read_segmentation
@@ -266,7 +269,8 @@ def _evaluate_pair(name: str, pred_path: Path, ref_path: Path, structures: str |
     for sname, mask in holder.structures.items():
         d = Grid.of(mask).differences(Grid.of(ref_case.dose))
         if d:
-            raise GeometryError(f"{name}: structure '{sname}' and the dose are on unrelated grids: " + "; ".join(d))
+            raise GeometryError(f"{name}: structure '{sname}' of {holder_path} is not on the grid of the reference "
+                                f"dose {ref_path}: " + "; ".join(d))
         masks[sname] = sitk.GetArrayViewFromImage(mask) != 0
     targets = holder.targets()
     if prescription is None:
@@ -283,7 +287,9 @@ def _evaluate_pair(name: str, pred_path: Path, ref_path: Path, structures: str |
     if pdm_case.possible_dose_mask is not None:
         pdm = sitk.GetArrayViewFromImage(pdm_case.possible_dose_mask) != 0
         if pdm.shape != ref.shape:
-            raise GeometryError(f"{name}: the possible-dose mask and the dose are on different grids")
+            where = ref_path if pdm_case is ref_case else pred_path
+            raise GeometryError(f"{name}: the possible-dose mask of {where} and the reference dose {ref_path} are "
+                                "on different grids")
     voxel_mm3 = Grid.of(ref_case.dose).voxel_volume_cc * 1000.0
     return score_patient(name, ref, pred, masks, voxel_mm3, pdm, float(prescription))
 
@@ -296,6 +302,13 @@ def run_evaluate(args) -> int:
     from rtrai.core.outputs import output_folder
     from rtrai.dose.scores import summarise
 
+    if args.prescription is not None:
+        from rtrai.core.errors import InputError
+        from rtrai.dose.gamma import MAX_PLAUSIBLE_GY
+
+        if not 0 < args.prescription <= MAX_PLAUSIBLE_GY:  # also NaN
+            raise InputError(f"--prescription {args.prescription:g}: a prescription must be a dose in Gy in (0, "
+                             f"{MAX_PLAUSIBLE_GY:g}] (70, not 7000 cGy)")
     pairs = _patient_pairs(Path(args.pred), Path(args.ref))
     results = [_evaluate_pair(n, p, r, args.structures, args.prescription)
                for n, p, r in prog.track(pairs, prog.default("evaluate"), message="scoring")]

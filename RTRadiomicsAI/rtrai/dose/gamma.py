@@ -70,7 +70,12 @@ def _extent(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return corners.min(axis=0), corners.max(axis=0)
 
 
-def check_dose(image: sitk.Image, what: str, max_plausible_gy: float = 150.0) -> np.ndarray:
+# Above this a dose (or a prescription) in Gy is surely cGy. Not lower: permanent-seed brachytherapy prescribes up to
+# 145 Gy (I-125 prostate), and a plan's hot spot lies above its prescription.
+MAX_PLAUSIBLE_GY = 150.0
+
+
+def check_dose(image: sitk.Image, what: str, max_plausible_gy: float = MAX_PLAUSIBLE_GY) -> np.ndarray:
     """The dose as float32 (z, y, x), refusing NaN, negative values and maxima that look like cGy."""
     check_finite(image, what)
     arr = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)

@@ -13,12 +13,13 @@ A *case folder* is what ``rtrai convert`` writes and every other command reads::
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
 
 from rtrai.core.case import Case
-from rtrai.core.errors import InputError
+from rtrai.core.errors import FormatError, GeometryError, InputError
 from rtrai.core.outputs import write_text
 from rtrai.io import openkbp
 from rtrai.io.images import is_image_file, read_image, write_image
@@ -107,18 +108,46 @@ def _stem(path: Path) -> str:
 def _add_structures(case: Case, seg_path: Path) -> None:
     masks, colors = read_segmentation(seg_path)
     for name, mask in masks.items():
-        case.add_structure(name, mask, colors.get(name), keep_name=True)
+        try:
+            case.add_structure(name, mask, colors.get(name), keep_name=True)
+        except GeometryError as exc:
+            raise GeometryError(f"{seg_path}: {exc}") from None
+
+
+def _read_case_info(path: Path) -> dict:
+    """case.json, checked: an object whose metadata is an object, prescription maps names to doses in Gy and
+    fractions is a positive integer or null."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise FormatError(f"{path}: not valid JSON ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                          ) from None
+    if not isinstance(info, dict):
+        raise FormatError(f"{path}: case.json must hold an object, not {type(info).__name__}")
+    if not isinstance(info.get("metadata", {}), dict):
+        raise FormatError(f"{path}: 'metadata' must be an object")
+    prescription = info.get("prescription_gy")
+    if prescription is not None and not isinstance(prescription, dict):
+        raise FormatError(f"{path}: 'prescription_gy' must map target names to doses in Gy")
+    for name, dose in (prescription or {}).items():
+        if isinstance(dose, bool) or not isinstance(dose, (int, float)) or not math.isfinite(dose) or dose <= 0:
+            raise FormatError(f"{path}: prescription of {name!r:.40} is {dose!r:.40}, not a positive dose in Gy")
+    fractions = info.get("fractions")
+    if fractions is not None and (isinstance(fractions, bool) or not isinstance(fractions, int) or fractions < 1):
+        raise FormatError(f"{path}: 'fractions' is {fractions!r}, not a positive whole number")
+    patient_id = info.get("patient_id")
+    if patient_id is not None and not isinstance(patient_id, (str, int)):
+        raise FormatError(f"{path}: 'patient_id' is {patient_id!r}, not a name")
+    return info
 
 
 def _read_case_folder(folder: Path) -> Case:
     info = {}
     if (folder / CASE_FILE).is_file():
-        try:
-            info = json.loads((folder / CASE_FILE).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{folder / CASE_FILE}: not valid JSON ({exc})") from None
+        info = _read_case_info(folder / CASE_FILE)
     case = Case(metadata=dict(info.get("metadata", {})))
-    case.metadata.setdefault("patient_id", info.get("patient_id", folder.name))
+    patient_id = info.get("patient_id")
+    case.metadata.setdefault("patient_id", folder.name if patient_id is None else str(patient_id))
     if (folder / CT_FILE).is_file():
         case.ct = read_image(folder / CT_FILE)
     if (folder / STRUCTURES_FILE).is_file():
@@ -127,7 +156,7 @@ def _read_case_folder(folder: Path) -> Case:
         case.dose = read_image(folder / DOSE_FILE)
     if (folder / PDM_FILE).is_file():
         case.possible_dose_mask = read_image(folder / PDM_FILE)
-    case.prescription = {k: float(v) for k, v in info.get("prescription_gy", {}).items()}
+    case.prescription = {str(k): float(v) for k, v in (info.get("prescription_gy") or {}).items()}
     case.fractions = info.get("fractions")
     return case
 

@@ -6,10 +6,19 @@
   grid); contours beyond the grid are clipped. Each grid slice takes the nearest contour plane within half the
   contour plane spacing (at least half a voxel), so contours between slices and grids finer or coarser than the
   contouring CT both work.
-- :func:`mask_to_contours` extracts closed planar contours from a mask with marching squares at level 0.5
-  (``contourpy``, the library under matplotlib). The contour passes half-way between inside and outside voxel centres,
-  so rasterising it again on the same grid gives back exactly the same voxels (tests check this, and check the
-  rasteriser against analytic areas and against ``matplotlib.path.Path.contains_points``).
+- :func:`mask_to_contours` extracts closed planar contours that run along the voxels' edges: each slice's contours
+  are the boundary of the union of its voxel squares, so the polygons enclose exactly the voxels' area, and a
+  planning system or DVH tool that takes volume from the contours (area x slice thickness, or sub-voxel sampling)
+  gets the mask's volume. (Marching squares at level 0.5 through the voxel centres, which this used before, also
+  rasterises back to the same voxels but cuts every corner: on OpenKBP's 5.4 mm grid the exported PTV56 enclosed
+  31.5 cc of its 43.6 cc.) Edges run on voxel sides, half a voxel from the nearest centres, and no vertex lies on a
+  row of centres, so rasterising the contours again on the same grid gives back exactly the same voxels. Only
+  corners are listed (collinear points merged); outer boundaries run counter-clockwise in index (x, y), holes
+  clockwise as separate contours (the even-odd rule of :func:`rasterize` and of DICOM readers). Two voxels that
+  share only a corner are separate (in-plane 4-connectivity, like ITK's default face connectivity), and the contour
+  passing that corner is cut ``SADDLE_CUT`` (0.1 voxel) into its own voxel's corner instead of through the shared
+  point, so every polygon is simple and no two touch; each cut takes 0.005 voxel areas off. Tests check the areas,
+  the exact round trip and the simplicity.
 """
 
 from __future__ import annotations
@@ -109,39 +118,90 @@ def rasterize(contours: list[np.ndarray], reference: sitk.Image | Grid, supersam
     return out
 
 
+# How far (in voxels) a contour passing a diagonal touch is pulled into its own voxel; see the module docstring.
+SADDLE_CUT = 0.1
+
+# Direction d of a voxel edge -> its step (dx, dy) in index space. d + 1 (mod 4) turns left (counter-clockwise in
+# (x, y)), so a contour that keeps the structure on its left runs counter-clockwise around it and clockwise around
+# its holes.
+_STEP = np.array([(1, 0), (0, 1), (-1, 0), (0, -1)], dtype=np.int64)
+
+
 def mask_to_contours(mask_zyx: np.ndarray) -> dict[int, list[np.ndarray]]:
     """Closed contours of a binary (z, y, x) mask: slice index -> list of (N, 2) arrays in index (x, y) order.
 
-    The closing point is not repeated (DICOM CLOSED_PLANAR closes implicitly) and collinear points are dropped.
+    The contours run along the voxels' edges (see the module docstring): outer boundaries counter-clockwise in
+    (x, y), holes clockwise, each polygon simple and disjoint from the others. Only corners are listed (no
+    collinear points) and the closing point is not repeated (DICOM CLOSED_PLANAR closes implicitly).
     """
-    import contourpy
-
     mask = np.asarray(mask_zyx) != 0
+    if mask.ndim != 3:
+        raise InputError(f"mask_to_contours needs a (z, y, x) mask, not an array of shape {mask.shape}")
     out: dict[int, list[np.ndarray]] = {}
     for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
         rows = np.flatnonzero(mask[z].any(axis=1))
         cols = np.flatnonzero(mask[z].any(axis=0))
         r0, c0 = rows[0], cols[0]
-        # One voxel of background around the crop closes every contour, also at the grid's border.
-        crop = np.pad(mask[z, r0:rows[-1] + 1, c0:cols[-1] + 1], 1).astype(np.float64)
-        lines = contourpy.contour_generator(z=crop, line_type=contourpy.LineType.Separate).lines(0.5)
-        loops = []
-        for line in lines:
-            xy = np.asarray(line, dtype=float) + (c0 - 1, r0 - 1)
-            if len(xy) > 1 and np.allclose(xy[0], xy[-1]):
-                xy = xy[:-1]
-            xy = _drop_collinear(xy)
-            if len(xy) >= 3:
-                loops.append(xy)
-        if loops:
-            out[int(z)] = loops
+        loops = _voxel_edge_loops(mask[z, r0:rows[-1] + 1, c0:cols[-1] + 1])
+        # Corner (vx, vy) of the crop padded by one is at index (vx - 1.5, vy - 1.5) of the crop.
+        out[int(z)] = [loop + (c0 - 1.5, r0 - 1.5) for loop in loops]
     return out
 
 
-def _drop_collinear(xy: np.ndarray) -> np.ndarray:
-    prev, nxt = np.roll(xy, 1, axis=0), np.roll(xy, -1, axis=0)
-    cross = (xy[:, 0] - prev[:, 0]) * (nxt[:, 1] - prev[:, 1]) - (xy[:, 1] - prev[:, 1]) * (nxt[:, 0] - prev[:, 0])
-    return xy[np.abs(cross) > 1e-9]
+def _voxel_edge_loops(crop: np.ndarray) -> list[np.ndarray]:
+    """Boundary loops of a 2-D bool array along pixel edges, in pixel-corner coordinates of the array padded by one.
+
+    Every pixel edge between inside and outside becomes a directed unit edge with the inside on its left. Each
+    corner then has one edge in and one out, except where two inside pixels touch only diagonally (a saddle): there
+    two edges come in and two go out, and the loop turns left, around its own pixel, so such pixels are separate
+    (4-connected) and the loop is cut ``SADDLE_CUT`` into that pixel's corner instead of passing the shared point.
+    """
+    p = np.pad(crop, 1)  # background all round closes every loop, also at the grid's border
+    h, w = p.shape
+    edges = np.zeros((4, h + 1, w + 1), dtype=bool)  # [direction, start vy, start vx]
+    edges[0, 1:h, 0:w] = p[1:] & ~p[:-1]             # top side of a pixel, running +x
+    edges[1, 0:h, 1:w] = p[:, :-1] & ~p[:, 1:]       # right side, +y
+    edges[2, 1:h, 1:w + 1] = p[:-1] & ~p[1:]         # bottom side, -x
+    edges[3, 1:h + 1, 1:w] = p[:, 1:] & ~p[:, :-1]   # left side, -y
+    d, vy, vx = np.nonzero(edges)
+    if not len(d):
+        return []
+    ex, ey = vx + _STEP[d, 0], vy + _STEP[d, 1]
+    # The next edge starts where this one ends: prefer a left turn, then straight on, then a right turn.
+    nxt = np.full(len(d), -1, dtype=np.int64)
+    for turn in (1, 0, 3):
+        cand = (d + turn) % 4
+        free = (nxt < 0) & edges[cand, ey, ex]
+        nxt[free] = np.ravel_multi_index((cand[free], ey[free], ex[free]), edges.shape)
+    index = np.full(edges.size, -1, dtype=np.int64)
+    index[np.ravel_multi_index((d, vy, vx), edges.shape)] = np.arange(len(d))
+    nxt = index[nxt]
+    prev = np.empty_like(nxt)
+    prev[nxt] = np.arange(len(d))
+    corner = d != d[prev]
+    saddle = edges[:, vy, vx].sum(axis=0) == 2
+    nxt_list, corner_list = nxt.tolist(), corner.tolist()
+    seen = bytearray(len(d))
+    loops = []
+    for start in np.flatnonzero(corner).tolist():
+        if seen[start]:
+            continue
+        members, i = [], start
+        while not seen[i]:
+            seen[i] = 1
+            if corner_list[i]:
+                members.append(i)
+            i = nxt_list[i]
+        members = np.asarray(members)
+        points = np.c_[vx[members], vy[members]].astype(float)
+        cut = saddle[members]
+        if cut.any():  # a cut corner becomes (a point on its incoming edge, one on its outgoing edge)
+            pairs = np.stack([points - SADDLE_CUT * _STEP[d[prev[members]]],
+                              points + SADDLE_CUT * _STEP[d[members]]], axis=1)
+            pairs[~cut, 0] = points[~cut]
+            points = pairs[np.c_[np.ones(len(cut), dtype=bool), cut]]
+        loops.append(points)
+    return loops
 
 
 def polygon_area(xy: np.ndarray) -> float:

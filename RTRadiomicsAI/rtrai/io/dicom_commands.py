@@ -22,6 +22,7 @@ def run_export(args) -> int:
 
     from rtrai.core.errors import InputError
     from rtrai.core.progress import default
+    from rtrai.dose.gamma import check_dose  # the rule every dose command applies (cGy is refused, not guessed)
     from rtrai.io.case_io import read_case
     from rtrai.io.dicomrt_export import write_dicom_case
 
@@ -29,6 +30,8 @@ def run_export(args) -> int:
         raise InputError("--patient-id only applies with --anonymize")
     source = Path(args.case)
     case = read_case(source)
+    if case.dose is not None:  # RTDOSE says Gy: a dose in cGy would be written as 100 times the real one
+        check_dose(case.dose, f"{source}: dose")
     written = write_dicom_case(case, args.outdir, anonymize=args.anonymize, anonymous_id=args.patient_id,
                                inputs=[source], progress=default("Exporting DICOM"))
     print(f"wrote {', '.join(f'{len(v)} {k}' for k, v in written.items())} into {args.outdir}")

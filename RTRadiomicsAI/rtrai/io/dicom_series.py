@@ -50,7 +50,17 @@ def parsing(path, what: str = "DICOM file") -> Iterator[None]:
     except RTRAIError:
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom raises ValueError, KeyError, struct.error... on corrupt data
-        raise FormatError(f"{what} {path} is corrupt or incomplete ({type(exc).__name__}: {exc})") from exc
+        detail = " ".join(str(exc).split())  # one line, as the CLI prints it
+        if len(detail) > 200:
+            detail = detail[:197] + "..."
+        raise FormatError(f"{what} {path} is corrupt or incomplete ({type(exc).__name__}: {detail})") from exc
+
+
+def shown(value, limit: int = 40) -> str:
+    """A value read from a file, fit for a one-line message: control characters as escapes, at most ``limit``
+    characters (a damaged file's 'Modality' can hold a kilobyte of binary)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_dataset(path, stop_before_pixels: bool = False):
@@ -152,7 +162,8 @@ def read_ct_from_headers(headers: list[tuple[Path, object]], series_uid: str | N
     else:
         ct_series = {u: s for u, s in series.items() if modality[u] == "CT"}
         if not ct_series:
-            found = sorted({str(ds.get("Modality", "?")) for _, ds in headers})
+            with parsing(source):
+                found = sorted({shown(ds.get("Modality", "?"), 16) for _, ds in headers})
             raise InputError(f"no CT series in {source} (DICOM modalities found: {', '.join(found) or 'none'})")
         chosen = max(ct_series, key=lambda u: len(ct_series[u]))
         reason = ("the only CT series" if len(ct_series) == 1 else
@@ -164,7 +175,9 @@ def read_ct_from_headers(headers: list[tuple[Path, object]], series_uid: str | N
 
 
 def _slice_header(path: Path, ds) -> dict:
-    if str(ds.get("SOPClassUID", "")) == ENHANCED_CT or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+    with parsing(path, "CT slice"):
+        multi_frame = str(ds.get("SOPClassUID", "")) == ENHANCED_CT or int(ds.get("NumberOfFrames", 1) or 1) > 1
+    if multi_frame:
         raise FormatError(f"{path} is a multi-frame (enhanced) CT; only classic one-slice-per-file CT is supported")
     require_attributes(ds, ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"),
                        path, "CT slice")
@@ -187,36 +200,24 @@ def _slice_header(path: Path, ds) -> dict:
         raise FormatError(f"{path}: ImagePositionPatient needs 3 values and ImageOrientationPatient 6")
     if not (np.isfinite(header["position"]).all() and np.isfinite(header["orientation"]).all()):
         raise FormatError(f"{path}: non-finite ImagePositionPatient or ImageOrientationPatient")
-    if min(header["spacing"]) <= 0 or min(header["shape"]) <= 0:
+    if not np.all(np.isfinite(header["spacing"])) or min(header["spacing"]) <= 0 or min(header["shape"]) <= 0:
         raise FormatError(f"{path}: PixelSpacing, Rows and Columns must be positive")
+    for key, name in (("slope", "RescaleSlope"), ("intercept", "RescaleIntercept"), ("tilt", "GantryDetectorTilt"),
+                      ("thickness", "SliceThickness"), ("between", "SpacingBetweenSlices")):
+        if not np.isfinite(header[key]):
+            raise FormatError(f"{path}: {name} is {header[key]}, not a finite number")
     return header
 
 
 def _read_series(files: list[tuple[Path, object]]) -> tuple[sitk.Image, dict]:
     slices = [_slice_header(p, ds) for p, ds in files]
+    try:
+        slices, z_spacing = _series_geometry(slices)
+    except GeometryError as exc:
+        raise GeometryError(f"CT series in {slices[0]['path'].parent}: {exc}") from None
     first = slices[0]
-    for s in slices[1:]:
-        for key, label in (("shape", "rows/columns"), ("spacing", "pixel spacing")):
-            if s[key] != first[key]:
-                raise GeometryError(f"slices differ in {label}: {first['path'].name} {first[key]} vs "
-                                    f"{s['path'].name} {s[key]}")
-        if not np.allclose(s["orientation"], first["orientation"], atol=ORIENTATION_TOL):
-            raise GeometryError(f"slices have different orientations: {first['path'].name} and {s['path'].name}")
-        if s["for_uid"] != first["for_uid"]:
-            raise GeometryError(f"slices belong to different frames of reference: {first['path'].name} and "
-                                f"{s['path'].name}")
-    tilted = [s for s in slices if abs(s["tilt"]) > 1e-3]
-    if tilted:
-        raise GeometryError(f"gantry tilt of {tilted[0]['tilt']:g} degrees (GantryDetectorTilt): tilted series are "
-                            "not supported; resample the series to an untilted grid first")
     row, col = first["orientation"][:3], first["orientation"][3:]
     normal = np.cross(row, col)
-    if abs(np.linalg.norm(normal) - 1) > 1e-3 or abs(float(row @ col)) > 1e-3:
-        raise GeometryError(f"ImageOrientationPatient of {first['path'].name} is not two orthogonal unit vectors")
-    slices.sort(key=lambda s: float(s["position"] @ normal))
-    slices = _drop_duplicates(slices, normal)
-    z_spacing = _check_spacing(slices, normal, row, col)
-
     direction = np.column_stack([row, col, normal])  # columns are the x, y, z axes in LPS
     arrays, slopes, intercepts = [], [], []
     for s in slices:
@@ -228,7 +229,7 @@ def _read_series(files: list[tuple[Path, object]]) -> tuple[sitk.Image, dict]:
         arrays.append(pixels)
         slopes.append(s["slope"])
         intercepts.append(s["intercept"])
-    hu = _to_hu(np.stack(arrays), np.array(slopes), np.array(intercepts))
+    hu = _to_hu(np.stack(arrays), np.array(slopes), np.array(intercepts), f"CT series in {first['path'].parent}")
     image = sitk.GetImageFromArray(hu)
     image.SetSpacing((first["spacing"][1], first["spacing"][0], z_spacing))
     image.SetOrigin(tuple(float(v) for v in slices[0]["position"]))
@@ -259,6 +260,32 @@ def _read_series(files: list[tuple[Path, object]]) -> tuple[sitk.Image, dict]:
     return image, meta
 
 
+def _series_geometry(slices: list[dict]) -> tuple[list[dict], float]:
+    """Slices checked to form one untilted grid, sorted along the normal, with the slice spacing."""
+    first = slices[0]
+    for s in slices[1:]:
+        for key, label in (("shape", "rows/columns"), ("spacing", "pixel spacing")):
+            if s[key] != first[key]:
+                raise GeometryError(f"slices differ in {label}: {first['path'].name} {first[key]} vs "
+                                    f"{s['path'].name} {s[key]}")
+        if not np.allclose(s["orientation"], first["orientation"], atol=ORIENTATION_TOL):
+            raise GeometryError(f"slices have different orientations: {first['path'].name} and {s['path'].name}")
+        if s["for_uid"] != first["for_uid"]:
+            raise GeometryError(f"slices belong to different frames of reference: {first['path'].name} and "
+                                f"{s['path'].name}")
+    tilted = [s for s in slices if abs(s["tilt"]) > 1e-3]
+    if tilted:
+        raise GeometryError(f"gantry tilt of {tilted[0]['tilt']:g} degrees (GantryDetectorTilt): tilted series are "
+                            "not supported; resample the series to an untilted grid first")
+    row, col = first["orientation"][:3], first["orientation"][3:]
+    normal = np.cross(row, col)
+    if abs(np.linalg.norm(normal) - 1) > 1e-3 or abs(float(row @ col)) > 1e-3:
+        raise GeometryError(f"ImageOrientationPatient of {first['path'].name} is not two orthogonal unit vectors")
+    slices.sort(key=lambda s: float(s["position"] @ normal))
+    slices = _drop_duplicates(slices, normal)
+    return slices, _check_spacing(slices, normal, row, col)
+
+
 def _drop_duplicates(slices: list[dict], normal: np.ndarray) -> list[dict]:
     """The same slice found twice (copied file) is dropped; two different slices at one position are an error."""
     kept = [slices[0]]
@@ -275,7 +302,7 @@ def _drop_duplicates(slices: list[dict], normal: np.ndarray) -> list[dict]:
 def _check_spacing(slices: list[dict], normal: np.ndarray, row: np.ndarray, col: np.ndarray) -> float:
     if len(slices) == 1:
         s = slices[0]
-        return s["between"] or s["thickness"] or 1.0
+        return next((v for v in (s["between"], s["thickness"]) if v > 0), 1.0)
     positions = np.array([s["position"] for s in slices])
     steps = np.diff(positions, axis=0)
     in_plane = np.abs(steps @ np.column_stack([row, col])).max()
@@ -297,7 +324,7 @@ def _check_spacing(slices: list[dict], normal: np.ndarray, row: np.ndarray, col:
     return float((positions[-1] - positions[0]) @ normal) / (len(slices) - 1)
 
 
-def _to_hu(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
+def _to_hu(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray, where: str = "CT series") -> np.ndarray:
     """Apply per-slice rescale; int16 when exact and in range, float32 otherwise."""
     integral = np.all(slopes == 1) and np.all(intercepts == np.round(intercepts))
     if integral:
@@ -305,4 +332,9 @@ def _to_hu(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np
         if hu.size == 0 or (hu.min() >= np.iinfo(np.int16).min and hu.max() <= np.iinfo(np.int16).max):
             return hu.astype(np.int16)
         return hu.astype(np.float32)
-    return (stored.astype(np.float64) * slopes[:, None, None] + intercepts[:, None, None]).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        hu = (stored.astype(np.float64) * slopes[:, None, None] + intercepts[:, None, None]).astype(np.float32)
+    if not np.isfinite(hu).all():
+        raise FormatError(f"{where}: RescaleSlope {slopes.max():g} / RescaleIntercept {intercepts.max():g} take the CT values "
+                          "beyond the float32 range")
+    return hu

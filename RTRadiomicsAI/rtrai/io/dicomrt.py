@@ -27,7 +27,7 @@ from rtrai.core.image import Grid, from_array
 from rtrai.core.structures import to_tg263
 from rtrai.io.contours import rasterize
 from rtrai.io.dicom_series import (SPACING_TOL_MM, list_files, parsing, read_ct_from_headers, read_dataset,
-                                   require_attributes, scan)
+                                   require_attributes, scan, shown)
 
 RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 RTDOSE_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"
@@ -47,7 +47,7 @@ def _dataset(source, modality: str, stop_before_pixels: bool = False):
         found = str(ds.get("Modality", "")) or "unknown"
         sop_class = str(ds.get("SOPClassUID", ""))
     if found != modality and sop_class != _EXPECTED[modality]:
-        raise InputError(f"{path} is a {found} object, not an {modality}")
+        raise InputError(f"{path} is a {shown(found, 16)} object, not an {modality}")
     return ds, path
 
 
@@ -157,8 +157,9 @@ def rasterize_rtstruct(source, reference: sitk.Image | Grid, frame_of_reference:
         if wanted is not None and roi.tg263 not in wanted and roi.name not in wanted:
             continue
         if frame_of_reference and roi.frame_of_reference and roi.frame_of_reference != frame_of_reference:
-            raise GeometryError(f"RTSTRUCT ROI '{roi.name}' is in frame of reference {roi.frame_of_reference}, "
-                                f"the image grid is in {frame_of_reference}: they are not registered")
+            raise GeometryError(f"RTSTRUCT {meta.get('path', 'dataset')}: ROI '{shown(roi.name)}' is in frame of "
+                                f"reference {shown(roi.frame_of_reference, 64)}, the image grid is in "
+                                f"{shown(frame_of_reference, 64)}: they are not registered")
         if not roi.contours:
             info["without_contours"].append(roi.name)
             continue
@@ -192,7 +193,7 @@ def read_rtdose(source, allow_relative: bool = False) -> tuple[sitk.Image, dict]
         if units == "RELATIVE" and not allow_relative:
             raise InputError(f"RTDOSE {path} holds RELATIVE dose, not Gy; it cannot be used as an absolute dose")
         if units not in ("GY", "RELATIVE"):
-            raise FormatError(f"RTDOSE {path}: DoseUnits '{units}' is neither GY nor RELATIVE")
+            raise FormatError(f"RTDOSE {path}: DoseUnits '{shown(units, 16)}' is neither GY nor RELATIVE")
         position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=float)
         orientation = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=float)
         row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
@@ -204,8 +205,11 @@ def read_rtdose(source, allow_relative: bool = False) -> tuple[sitk.Image, dict]
         thickness = float(ds.get("SliceThickness", 0) or 0)
     if position.shape != (3,) or orientation.shape != (6,) or not np.isfinite(np.r_[position, orientation]).all():
         raise FormatError(f"RTDOSE {path}: invalid ImagePositionPatient or ImageOrientationPatient")
-    if not (np.isfinite(scaling) and scaling > 0) or min(row_spacing, col_spacing) <= 0:
+    if not (np.isfinite(scaling) and scaling > 0) or not np.isfinite([row_spacing, col_spacing]).all() \
+            or min(row_spacing, col_spacing) <= 0:
         raise FormatError(f"RTDOSE {path}: DoseGridScaling and PixelSpacing must be positive")
+    if not np.isfinite(thickness) or (offsets is not None and not np.isfinite(offsets).all()):
+        raise FormatError(f"RTDOSE {path}: SliceThickness and GridFrameOffsetVector must be finite numbers")
     row, col = orientation[:3], orientation[3:]
     normal = np.cross(row, col)
     if abs(np.linalg.norm(normal) - 1) > 1e-3:
@@ -233,8 +237,12 @@ def read_rtdose(source, allow_relative: bool = False) -> tuple[sitk.Image, dict]
                                 f"{steps.max():.4g} mm apart)")
         z_spacing = float(offsets[-1] - offsets[0]) / (frames - 1)
     else:
-        z_spacing = thickness or 1.0
-    dose = sitk.GetImageFromArray((pixels.astype(np.float64) * scaling).astype(np.float32))
+        z_spacing = thickness if thickness > 0 else 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        gy = (pixels.astype(np.float64) * scaling).astype(np.float32)
+    if not np.isfinite(gy).all():
+        raise FormatError(f"RTDOSE {path}: DoseGridScaling {scaling:g} takes the dose beyond the float32 range")
+    dose = sitk.GetImageFromArray(gy)
     dose.SetSpacing((col_spacing, row_spacing, z_spacing))
     dose.SetOrigin(tuple(float(v) for v in position + offsets[0] * normal))
     dose.SetDirection(tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()))
@@ -274,13 +282,19 @@ def read_rtplan(source, roi_names: dict[int, str] | None = None) -> dict:
             name = (roi_names.get(int(roi_number)) if roi_number not in (None, "") else None) \
                 or str(ref.get("DoseReferenceDescription", "")).strip() \
                 or f"Target_{int(ref.get('DoseReferenceNumber', len(prescription) + 1))}"
-            prescription[to_tg263(name)] = float(dose)
+            gy = float(dose)
+            if not (np.isfinite(gy) and gy > 0):
+                raise FormatError(f"RTPLAN {path}: TargetPrescriptionDose of {name[:40]!r} is {dose}, not a "
+                                  "positive dose in Gy")
+            prescription[to_tg263(name)] = gy
         fraction_groups = list(ds.get("FractionGroupSequence", []))
         fractions = None
         meterset: dict[int, float] = {}
         if fraction_groups:
             value = fraction_groups[0].get("NumberOfFractionsPlanned")
             fractions = int(value) if value not in (None, "") else None
+            if fractions is not None and fractions < 0:
+                raise FormatError(f"RTPLAN {path}: NumberOfFractionsPlanned is {fractions}")
             for ref in fraction_groups[0].get("ReferencedBeamSequence", []):
                 if ref.get("BeamMeterset") not in (None, ""):
                     meterset[int(ref.ReferencedBeamNumber)] = float(ref.BeamMeterset)

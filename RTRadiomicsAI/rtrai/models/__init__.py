@@ -7,6 +7,11 @@ A manifest says what the weights are and what they expect::
     spacing), labels (TG-263 names, output channel order), training (data, command, steps), metrics.
 
 Shipped models live in ``rtrai/models/zoo/<name>/``; a model may also be given as a path to its folder or manifest.
+Models a user installs go in the folder named by ``RTRAI_MODEL_CACHE`` (the hub module's *Model folder* setting, which
+Slicer passes to every background job), in the zoo's layout: ``<cache>/<name>/manifest.json`` + weights, the manifest's
+``name`` being ``<name>``. A name is looked up in the shipped zoo first and in the cache only when no shipped model has
+it: a folder in the cache never replaces a shipped model silently (a download of an older or tampered copy would
+otherwise change what ``hn-oar-ct`` means, and every provenance record with it); load such a copy by its path.
 Weights are loaded only after their sha256 matches the manifest (a mismatch raises :class:`ModelError`), and only as
 tensors (safetensors, or ``torch.load(weights_only=True)`` for ``.pt``): never pickle.
 """
@@ -24,6 +29,13 @@ from rtrai.core.provenance import sha256_file
 ZOO = Path(__file__).resolve().parent / "zoo"
 MANIFEST = "manifest.json"
 REQUIRED_KEYS = ("name", "version", "weights", "sha256", "network", "inputs", "labels")
+CACHE_VARIABLE = "RTRAI_MODEL_CACHE"
+
+
+def cache_folder() -> Path | None:
+    """The user's model folder (``RTRAI_MODEL_CACHE``), or None when the variable is unset or empty."""
+    value = os.environ.get(CACHE_VARIABLE, "").strip()
+    return Path(value).expanduser() if value else None
 
 
 def _manifest_path(name_or_path: str | os.PathLike) -> Path:
@@ -33,10 +45,19 @@ def _manifest_path(name_or_path: str | os.PathLike) -> Path:
     if path.is_dir() and (path / MANIFEST).is_file():
         return path / MANIFEST
     shipped = ZOO / str(name_or_path) / MANIFEST
-    if shipped.is_file():
+    if shipped.is_file():  # shipped first: see the module docstring
         return shipped
-    known = ", ".join(m["name"] for m in list_models()) or "none"
-    raise ModelError(f"unknown model '{name_or_path}' (not a model folder or manifest; shipped models: {known})")
+    cache = cache_folder()
+    plain = str(name_or_path) == path.name and path.name not in ("", ".", "..")  # never a path out of the cache
+    if cache is not None and plain and (cache / path.name / MANIFEST).is_file():
+        return cache / path.name / MANIFEST
+    models = list_models()
+    known = ", ".join(m["name"] for m in models if m["source"] == "shipped") or "none"
+    where = f"shipped models: {known}"
+    if cache is not None:
+        installed = ", ".join(m["name"] for m in models if m["source"] != "shipped") or "none"
+        where += f"; models in {CACHE_VARIABLE} ({cache}): {installed}"
+    raise ModelError(f"unknown model '{name_or_path}' (not a model folder or manifest; {where})")
 
 
 def read_manifest(name_or_path: str | os.PathLike) -> dict:
@@ -49,20 +70,35 @@ def read_manifest(name_or_path: str | os.PathLike) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise ModelError(f"{path}: model manifest lacks {', '.join(missing)}")
+    cache = cache_folder()
+    if cache is not None and path.parent.parent == cache and str(name_or_path) == path.parent.name \
+            and manifest["name"] != path.parent.name:
+        raise ModelError(f"{path}: the manifest names the model '{manifest['name']}', not '{path.parent.name}' (its "
+                         f"folder in {CACHE_VARIABLE}); rename one of them")
     manifest["folder"] = str(path.parent)
     return manifest
 
 
 def list_models() -> list[dict]:
-    """Shipped models: one dict per model with name, version, task, sha256, labels and metrics."""
-    models = []
-    for path in sorted(ZOO.glob(f"*/{MANIFEST}")):
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, OSError):
-            continue  # a broken manifest must not hide the others; loading it by name reports the error
-        if all(k in manifest for k in REQUIRED_KEYS):
-            models.append({k: manifest.get(k) for k in ("name", "version", "task", "sha256", "labels", "metrics")})
+    """Models a name loads: one dict per model with name, version, task, sha256, labels, metrics and source
+    ("shipped", or the ``RTRAI_MODEL_CACHE`` folder it is in). Shipped ones first; a cache model named like a shipped
+    one is not listed, since that name loads the shipped one."""
+    models, names = [], set()
+    cache = cache_folder()
+    folders = [(ZOO, "shipped")] + ([(cache, str(cache))] if cache is not None and cache.is_dir() else [])
+    for folder, source in folders:
+        for path in sorted(folder.glob(f"*/{MANIFEST}")):
+            try:
+                manifest = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+                continue  # a broken manifest must not hide the others; loading it by name reports the error
+            if not isinstance(manifest, dict) or not all(k in manifest for k in REQUIRED_KEYS):
+                continue
+            if source != "shipped" and (manifest["name"] != path.parent.name or path.parent.name in names):
+                continue  # not loadable by the name it gives, or shadowed by a shipped model
+            names.add(manifest["name"])
+            models.append({**{k: manifest.get(k) for k in ("name", "version", "task", "sha256", "labels", "metrics")},
+                           "source": source})
     return models
 
 

@@ -140,10 +140,11 @@ def case_features(case: Case, structures: list[str] | None = None, images=IMAGES
             report(i / len(keys), f"{key[1]} features of {key[0]}")
             results[key] = _one(key)[1:]
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        from rtrai.core.workers import process_pool
+
+        with process_pool(jobs, "fork") as pool:  # workers read _TASK from this process's memory; exit with it
             futures = [pool.submit(_one, key) for key in keys]
             for i, future in enumerate(as_completed(futures)):
                 key, values, error = future.result()

@@ -8,17 +8,20 @@ Why it beats ``pyradiomics cohort.csv --jobs N`` on the same rows (see benchmark
 - each of our workers builds (and validates) the extractor once, not once per case.
 The features are the same pyradiomics calls, so the values are identical.
 
-Output safety: each finished row is appended and flushed (fsync) as it arrives, so a kill loses at most the rows in
-flight; ``--resume`` keeps the rows already written (failed rows are retried) and never duplicates an ID. At the end
-the file is rewritten atomically in the order of the batch file.
+Output safety: rows go to ``NAME.partial.csv`` while the cohort runs, each appended and flushed (fsync) as it arrives,
+so a kill loses at most the rows in flight and never leaves a file under the final name that looks finished;
+``--resume`` keeps the rows already written (failed rows are retried) and never duplicates an ID. At the end the file
+is rewritten atomically in the order of the batch file and renamed to its final name. The worker processes exit
+when the command is killed.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections import OrderedDict
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
 from rtrai.core.errors import FormatError, InputError, RTRAIError
@@ -34,20 +37,29 @@ def read_batch(path: str | os.PathLike) -> list[OrderedDict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"cohort file not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
+    from rtrai.io.text import read_text
+
+    text = read_text(path, "a pyradiomics batch file (UTF-8 CSV)")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         missing = [c for c in ("Image", "Mask") if c not in (reader.fieldnames or [])]
         if missing:
             raise FormatError(f"{path}: missing column(s) {', '.join(missing)} (a batch file has Image, Mask and "
                               "optional ID, Label)")
         rows = []
         for number, raw in enumerate(reader, start=1):
-            row = OrderedDict((k, (raw.get(k) or "").strip()) for k in INPUT_COLUMNS if k in reader.fieldnames)
+            row = OrderedDict((k, _cell(raw.get(k))) for k in INPUT_COLUMNS if k in reader.fieldnames)
             row["ID"] = row.get("ID") or str(number)
             for key in ("Image", "Mask"):
                 if row[key] and not os.path.isabs(row[key]):
-                    row[key] = str((path.parent / row[key]).resolve())
+                    try:
+                        row[key] = str((path.parent / row[key]).resolve())
+                    except (OSError, RuntimeError) as exc:
+                        raise FormatError(f"{path}: line {reader.line_num}: {key} {row[key][:80]!r} is not a "
+                                          f"usable path ({' '.join(str(exc).split())})") from None
             rows.append(row)
+    except csv.Error as exc:
+        raise FormatError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
     ids = [r["ID"] for r in rows]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -55,6 +67,12 @@ def read_batch(path: str | os.PathLike) -> list[OrderedDict]:
     if not rows:
         raise InputError(f"{path}: no rows")
     return rows
+
+
+def _cell(value) -> str:
+    """A cell's text; a row with more fields than the header gives a list under the None key, ignored here, and
+    a short row gives None."""
+    return value.strip() if isinstance(value, str) else ""
 
 
 # -- worker side: one extractor per process, built once --------------------------------------------------------
@@ -127,28 +145,68 @@ def _read_existing(path: Path, header: list[str]) -> list[dict]:
         return [dict(zip(header, values)) for values in reader if len(values) == len(header)]
 
 
+def partial_path(output: str | os.PathLike) -> Path:
+    """Where ``output`` is written while unfinished: ``NAME.partial.csv`` beside ``NAME.csv``."""
+    output = Path(output)
+    suffix = output.suffix
+    return output.with_name(f"{output.name[:len(output.name) - len(suffix)]}.partial{suffix}")
+
+
+def _finished_rows(path: Path, header: list[str]) -> list[dict]:
+    """Complete rows of an interrupted run's partial file: a row cut by a kill (no line end after it, or inside a
+    quoted value) is dropped; another header means other settings or inputs."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        text = handle.read()
+    text = text[:text.rfind("\n") + 1]  # each complete row ends with a line end; what follows is cut
+    rows, reader = [], csv.reader(io.StringIO(text, newline=""))
+    try:
+        found = next(reader, None)
+        if found is None:
+            return []
+        if found != header:
+            raise InputError(f"--resume: {path} was written with other settings or inputs (its columns differ); "
+                             "write to a new file")
+        for values in reader:
+            if len(values) == len(header):
+                rows.append(dict(zip(header, values)))
+    except csv.Error:
+        pass  # the last row was cut inside a quoted value: the rows before it are whole
+    return rows
+
+
 def run_cohort(batch: str | os.PathLike, output: str | os.PathLike, params=None, preset: str | None = None,
                jobs: int = 1, resume: bool = False, dvh: bool = False, use_dose: bool = False,
                resample_mask: bool = False, progress=None) -> dict:
-    """Extract every row of ``batch`` into the CSV ``output``; returns counts of done, failed and skipped rows."""
+    """Extract every row of ``batch`` into the CSV ``output``; returns counts of done, failed and skipped rows.
+
+    Until every row is done the rows go to ``NAME.partial.csv`` (:func:`partial_path`), renamed to ``output`` at the
+    end: a file under the final name is always complete. ``resume`` continues from the partial file of an interrupted
+    run (or from ``output`` itself, retrying its failed rows)."""
     from rtrai.core.progress import silent
 
     report = progress or silent
     rows = read_batch(batch)
     output = Path(output)
+    partial = partial_path(output)
     input_columns = [c for c in INPUT_COLUMNS if any(c in r for r in rows)]
     header = input_columns + [ERROR_COLUMN] + probe_columns(params, preset, dvh)
     kept = {}
     if resume:
-        kept = {r["ID"]: r for r in _read_existing(output, header) if not r[ERROR_COLUMN]}
+        if partial.is_file():  # newer than output: an interrupted run (or resume) started from it
+            kept = {r["ID"]: r for r in _finished_rows(partial, header) if not r[ERROR_COLUMN]}
+        else:
+            kept = {r["ID"]: r for r in _read_existing(output, header) if not r[ERROR_COLUMN]}
     elif output.exists():
         raise InputError(f"{output} exists; use --resume to continue it or choose another file")
+    elif partial.exists():
+        raise InputError(f"{partial} holds the rows of an interrupted run; use --resume to continue it (or delete it "
+                         "to start again)")
     todo = [r for r in rows if r["ID"] not in kept]
     by_id = {r["ID"]: r for r in rows}
-    # Start from a file holding exactly the kept rows, then append as cases finish.
-    _write_all(output, header, [kept[r["ID"]] for r in rows if r["ID"] in kept])
+    # Start from a partial file holding exactly the kept rows, then append as cases finish.
+    _write_all(partial, header, [kept[r["ID"]] for r in rows if r["ID"] in kept])
     failed = 0
-    with open(output, "a", newline="", encoding="utf-8") as handle:
+    with open(partial, "a", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=header, extrasaction="raise")
 
         def append(case_id: str, features: OrderedDict, error: str) -> None:
@@ -175,18 +233,19 @@ def run_cohort(batch: str | os.PathLike, output: str | os.PathLike, params=None,
                 append(*_process(row))
         else:
             _run_parallel(todo, min(jobs, len(todo)), (params, preset, dvh, use_dose, resample_mask), append)
-    # Final order = the batch file's order; atomic so a kill here leaves the appended file intact.
-    _write_all(output, header, [kept[r["ID"]] for r in rows if r["ID"] in kept])
+    # Final order = the batch file's order, written atomically; then the finished file takes its final name.
+    _write_all(partial, header, [kept[r["ID"]] for r in rows if r["ID"] in kept])
+    os.replace(partial, output)
     report(1.0, "done")
     return {"rows": len(rows), "extracted": len(todo) - failed, "failed": failed, "skipped": len(rows) - len(todo)}
 
 
 def _run_parallel(todo, workers, init_args, append) -> None:
-    """One case per task, to whichever worker is free; results are written by this (sleeping) process."""
-    import multiprocessing
+    """One case per task, to whichever worker is free; results are written by this (sleeping) process. The workers
+    exit when this process is gone (a killed command leaves none computing)."""
+    from rtrai.core.workers import process_pool
 
-    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init_args) as pool:
+    with process_pool(workers, "fork" if os.name == "posix" else "spawn", _init_worker, init_args) as pool:
         pending = {pool.submit(_process, row) for row in todo}
         try:
             while pending:

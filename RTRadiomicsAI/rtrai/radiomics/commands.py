@@ -118,7 +118,23 @@ def _run_cohort(args) -> int:
     _provenance(Path(args.output), "radiomics --cohort", args, [args.cohort, args.params])
     print(f"{counts['extracted']} extracted, {counts['failed']} failed, {counts['skipped']} kept from before: "
           f"{args.output}")
+    if counts["failed"]:
+        _report_failed_rows(Path(args.output))
     return 2 if counts["failed"] else 0
+
+
+def _report_failed_rows(table: Path, shown: int = 10) -> None:
+    """One stderr line per failed row of a cohort table (the first ``shown``), then where the rest are."""
+    import pandas as pd
+
+    from rtrai.radiomics.cohort import ERROR_COLUMN
+
+    frame = pd.read_csv(table, dtype=str, usecols=lambda c: c in ("ID", ERROR_COLUMN)).fillna("")
+    failed = frame[frame[ERROR_COLUMN] != ""]
+    for row in failed.head(shown).itertuples(index=False):
+        print(f"rtrai: error: {row.ID}: {getattr(row, ERROR_COLUMN)}", file=sys.stderr)
+    print(f"rtrai: error: {len(failed)} of {len(frame)} rows failed; their reasons are in the '{ERROR_COLUMN}' "
+          f"column of {table}", file=sys.stderr)
 
 
 def _run_voxel(args) -> int:
@@ -187,6 +203,7 @@ def run_ibsi(args) -> int:
     from rtrai.core.outputs import atomic_file
     from rtrai.radiomics import ibsi
 
+    reference = ibsi.reference_table(args.reference) if args.reference else None  # refused before anything is written
     values = ibsi.compute(args.image, args.mask, args.config)
     output = Path(args.output)
     with atomic_file(output, suffix=".csv") as tmp:
@@ -194,8 +211,8 @@ def run_ibsi(args) -> int:
             writer = csv.writer(handle)
             writer.writerow(["tag", "value"])
             writer.writerows([tag, repr(value)] for tag, value in values.items())
-    if args.reference:
-        comparison = ibsi.compare(values, ibsi.reference_table(args.reference))
+    if reference is not None:
+        comparison = ibsi.compare(values, reference)
         report = ibsi.family_report(comparison)
         with atomic_file(output.with_suffix(".report.csv"), suffix=".csv") as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as handle:

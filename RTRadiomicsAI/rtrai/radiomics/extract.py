@@ -64,9 +64,11 @@ def make_extractor(params=None, preset: str | None = None, **overrides):
     try:
         return RadiomicsFeatureExtractor(source, **overrides) if source is not None \
             else RadiomicsFeatureExtractor(**overrides)
-    except Exception as exc:  # pykwalify SchemaError, ValueError for unknown image types/features
-        message = "; ".join(getattr(exc, "errors", None) or []) if hasattr(exc, "errors") else str(exc)
-        message = message or str(getattr(exc, "msg", exc)).strip().replace("\n", " ")
+    except Exception as exc:  # pykwalify SchemaError, YAML errors, ValueError for unknown image types/features
+        errors = getattr(exc, "errors", None)
+        message = "; ".join(map(str, errors)) if isinstance(errors, (list, tuple)) and errors else \
+            str(getattr(exc, "msg", None) or exc)
+        message = " ".join(message.split()) or type(exc).__name__  # one line: pykwalify and PyYAML write several
         raise InputError(f"invalid radiomics parameters ({source or 'defaults'}): {message}") from None
 
 

@@ -10,15 +10,16 @@ onto the reference tables' tags (``cm_joint_max_2D_avg`` ...).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import numbers
 import os
 import re
 from collections import OrderedDict
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from rtrai.core.errors import InputError, require
+from rtrai.core.errors import FormatError, InputError, require
 
 CONFIGS = ("digital", "A", "B", "C", "D", "E")
 ALL_DIRECTIONAL = ["2d_average", "2d_slice_merge", "2.5d_direction_merge", "2.5d_volume_merge", "3d_average",
@@ -90,8 +91,32 @@ def ibsi_tag(mirp_name: str) -> str:
     return name
 
 
+def check_inputs(image: str | os.PathLike, mask: str | os.PathLike) -> None:
+    """The image and mask can be read, share a grid, the image is finite and the mask not empty: what mirp and the
+    diagnostics need, said in one line instead of a traceback from inside them."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from rtrai.core.image import check_finite, check_same_grid
+    from rtrai.io.images import nifti_nonfinite_voxels, read_image
+
+    image_volume, mask_volume = read_image(image), read_image(mask)
+    check_same_grid(image_volume, mask_volume, (f"image {image}", f"mask {mask}"))
+    if image_volume.GetNumberOfComponentsPerPixel() != 1 or mask_volume.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"IBSI features need a scalar image and mask ({image}, {mask})")
+    check_finite(image_volume, f"image {image}")
+    check_finite(mask_volume, f"mask {mask}")
+    for path, what in ((image, "image"), (mask, "mask")):
+        bad = nifti_nonfinite_voxels(path)  # ITK (ours and mirp's) reads NaN in NIfTI as 0
+        if bad:
+            raise InputError(f"{what} {path} contains NaN or infinite values ({bad} voxels)")
+    if not np.any(sitk.GetArrayViewFromImage(mask_volume) > 0):
+        raise InputError(f"mask {mask} is empty: it has no voxel above 0, so there is no region to describe")
+
+
 def compute(image: str | os.PathLike, mask: str | os.PathLike, config: str) -> OrderedDict:
     """IBSI tag -> value for one image and mask under an IBSI-1 configuration."""
+    config_settings(config)  # an unknown configuration first, before any file is read
     require("mirp", "radiomics")
     import logging
     import warnings
@@ -101,15 +126,17 @@ def compute(image: str | os.PathLike, mask: str | os.PathLike, config: str) -> O
     for path in (image, mask):
         if not Path(path).is_file():
             raise InputError(f"file not found: {path}")
+    check_inputs(image, mask)
     logging.getLogger("mirp").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             tables = extract_features(image=str(image), mask=str(mask), **config_settings(config))
         except (ValueError, TypeError) as exc:
-            raise InputError(f"mirp could not compute IBSI features: {exc}") from None
-    if not tables:
-        raise InputError("mirp returned no features (is the mask empty?)")
+            raise InputError(f"mirp could not compute IBSI features: {_one_line(exc)}") from None
+    if not tables or tables[0] is None or len(tables[0]) == 0:
+        raise InputError(f"mirp returned no features for {image} and {mask} under configuration {config} (is the "
+                         "region empty after re-segmentation?)")
     row = tables[0].iloc[0]
     out = OrderedDict()
     for column, value in row.items():
@@ -121,10 +148,55 @@ def compute(image: str | os.PathLike, mask: str | os.PathLike, config: str) -> O
     return out
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+REFERENCE_COLUMNS = ("family", "reference value", "tolerance", "tag")
+
+
 def reference_table(path: str | os.PathLike) -> list[dict]:
-    """Rows of an IBSI reference-value table (UTF-8 with BOM)."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        return list(csv.DictReader(handle))
+    """Rows of an IBSI reference-value table (UTF-8 with BOM; columns dataset, family, feature, consensus,
+    reference value, tolerance, ..., tag), checked: every reference value and tolerance is a finite number, and at
+    least one feature has both a tag and a reference value."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"IBSI reference table not found: {path}")
+    from rtrai.io.text import read_text
+
+    text = read_text(path, "an IBSI reference table")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        missing = [c for c in REFERENCE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise FormatError(f"{path}: not an IBSI reference table: no column(s) {', '.join(missing)} (expected "
+                              "dataset, family, feature, consensus, reference value, tolerance, ..., tag)")
+        for raw in reader:
+            row = {k: (v if isinstance(v, str) else "") for k, v in raw.items() if k is not None}
+            where = f"{path}: line {reader.line_num} ({row['tag'][:40]!r})"
+            if row["reference value"].strip():
+                _decimal(row["reference value"], f"{where}: reference value")
+            if row["tolerance"].strip():
+                if _decimal(row["tolerance"], f"{where}: tolerance") < 0:
+                    raise FormatError(f"{where}: tolerance {row['tolerance']!r} is negative")
+            rows.append(row)
+    except csv.Error as exc:
+        raise FormatError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
+    if not any(row["reference value"].strip() and row["tag"].strip() for row in rows):
+        raise FormatError(f"{path}: not an IBSI reference table: no row has both a tag and a reference value")
+    return rows
+
+
+def _decimal(text: str, what: str) -> Decimal:
+    """A finite decimal number whose float is finite too and whose exponent a float can scale by."""
+    try:
+        number = Decimal(text.strip())
+    except (InvalidOperation, ValueError):
+        raise FormatError(f"{what} {text!r} is not a number") from None
+    if not number.is_finite() or not math.isfinite(float(number)) or abs(number.as_tuple().exponent) > 300:
+        raise FormatError(f"{what} {text!r} is not a finite number in range")
+    return number
 
 
 def compare(values: dict, reference: list[dict]) -> list[dict]:
@@ -134,7 +206,7 @@ def compare(values: dict, reference: list[dict]) -> list[dict]:
         text = (ref.get("reference value") or "").strip()
         if not text or not ref.get("tag"):
             continue  # IBSI gave no reference for this feature
-        reference_value, tolerance = float(text), float(ref.get("tolerance") or 0)
+        reference_value, tolerance = float(text), float((ref.get("tolerance") or "").strip() or 0)
         # The tables round references to 3 significant digits, and the digital phantom's tolerance is 0: there a
         # value agrees when it rounds to the reference at the precision the table gives.
         magnitude = math.floor(math.log10(abs(reference_value))) if reference_value else 0
@@ -184,12 +256,17 @@ def _ibsi_resample(image, spacing, order: int, is_mask: bool):
     return (out >= 0.5 if is_mask else np.round(out)), reference
 
 
+_STAGES = {"init": "reading", "interp": "interpolation", "reseg": "re-segmentation"}
+
+
 def diagnostics(image_path, mask_path, config: str) -> OrderedDict:
     """IBSI diagnostic features (``img_dim_x_init_img``, ``int_mask_vox_count_reseg_roi`` ...)."""
     import numpy as np
     import SimpleITK as sitk
 
-    image, mask = sitk.ReadImage(str(image_path)), sitk.ReadImage(str(mask_path))
+    from rtrai.io.images import read_image
+
+    image, mask = read_image(image_path), read_image(mask_path)
     array = np.round(sitk.GetArrayFromImage(image).astype(np.float64))
     roi = sitk.GetArrayFromImage(mask) > 0
     out = OrderedDict()
@@ -201,6 +278,9 @@ def diagnostics(image_path, mask_path, config: str) -> OrderedDict:
         out[f"min_int_{stage}_img"], out[f"max_int_{stage}_img"] = float(values.min()), float(values.max())
 
     def roi_stats(values, intensity_mask, morph_mask, stage):
+        if not intensity_mask.any() or not morph_mask.any():
+            raise InputError(f"the region of {mask_path} is empty after the {_STAGES[stage]} of IBSI configuration "
+                             f"{config}: no diagnostic features")
         for prefix, m in (("int_mask", intensity_mask), ("morph_mask", morph_mask)):
             z, y, x = np.nonzero(m)
             for axis, idx in zip("xyz", (x, y, z)):

@@ -106,12 +106,10 @@ def _pyradiomics_maps(image, mask, label, params, preset, jobs, report) -> dict[
     if jobs == 1:
         shares = [_compute(image, mask, label, params, preset, 0, 1)]
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from rtrai.core.workers import process_pool
 
-        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-        # Maps come back as arrays + geometry: plain data, cheap to send between processes.
-        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        # Maps come back as arrays + geometry: plain data, cheap to send between processes. Workers exit with us.
+        with process_pool(jobs, "fork" if os.name == "posix" else "spawn") as pool:
             shares = []
             for i, share in enumerate(pool.map(_compute_share, [(image, mask, label, params, preset, i, jobs)
                                                                 for i in range(jobs)])):

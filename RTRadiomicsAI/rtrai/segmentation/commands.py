@@ -64,6 +64,10 @@ def register(sub) -> None:
     ev.add_argument("--structures", nargs="+", metavar="NAME",
                     help="structures to score (default: those in both; with this list a structure the prediction "
                          "lacks scores DSC 0)")
+    ev.add_argument("--imaged-slices", action="store_true",
+                    help="score only the axial slices of the reference CT that hold image data (more than 1 %% CT "
+                         "outside the contours): OpenKBP's cut CTs keep the contoured voxels beyond the cut, which "
+                         "no clinical CT does (rtrai.io.openkbp.imaged_slices)")
     ev.set_defaults(func=run_evaluate)
 
 
@@ -124,19 +128,19 @@ def segment_one(segmenter, source: Path, out: Path, fmt: str = "nrrd") -> Path:
     from rtrai.core.structures import color_of
     from rtrai.io.case_io import read_case
     from rtrai.io.segfile import write_segmentation
+    from rtrai.segmentation.inference import found_structures
 
     started = time.time()
     case = read_case(source)
     masks = segmenter.segment(case, source if source.is_dir() else None)
+    found, empty = found_structures(masks)  # missing is not empty: an organ not found is written in no format
     result = Case(ct=case.ct, metadata=dict(case.metadata))
-    for name, mask in masks.items():
+    for name, mask in found.items():
         result.add_structure(name, mask, color_of(name), keep_name=True)
-    empty = [name for name in masks if not sitk_any(masks[name])]
     with output_folder(out) as tmp:
         if fmt == "openkbp":
             from rtrai.io.openkbp import write_openkbp
 
-            result.structures = {n: m for n, m in result.structures.items() if n not in empty}
             write_openkbp(result, tmp, what=("structures",))
         elif fmt == "dicom":
             _dicom_writer()(result, tmp)
@@ -217,6 +221,7 @@ def run_evaluate(args) -> int:
     from rtrai.core.outputs import output_folder, write_text
     from rtrai.core.progress import default, track
     from rtrai.io.case_io import input_kind, list_cases, read_case
+    from rtrai.io.openkbp import imaged_slices
     from rtrai.segmentation.metrics import evaluate
 
     pred, ref, out = Path(args.pred), Path(args.ref), Path(args.output)
@@ -240,13 +245,28 @@ def run_evaluate(args) -> int:
                 check_same_grid(grid_ref, mask, ("reference", f"prediction '{name}'"))
             except GeometryError as exc:
                 raise GeometryError(f"{p}: {exc}") from None
-        arrays = lambda c: {n: sitk.GetArrayFromImage(m) for n, m in c.structures.items()}  # noqa: E731
+        scored = np.ones(grid_ref.GetSize()[2], bool)
+        if args.imaged_slices:
+            if reference.ct is None:
+                raise InputError(f"{r}: --imaged-slices needs the reference's CT (it has none)")
+            scored = imaged_slices(reference)
+
+        def arrays(case) -> dict:  # absent where the reference has none of it on the scored slices
+            out = {}
+            for name, mask in case.structures.items():
+                array = sitk.GetArrayFromImage(mask)
+                array[~scored] = 0
+                out[name] = array
+            return out
+
         spacing = tuple(reversed(grid_ref.GetSpacing()))
-        names = args.structures or sorted(set(predicted.structures) & set(reference.structures))
-        for row in evaluate(arrays(predicted), arrays(reference), spacing, args.tolerance, names):
-            rows.append({"patient": reference.patient_id, **row})
+        predicted_arrays, reference_arrays = arrays(predicted), arrays(reference)
+        reference_arrays = {n: a for n, a in reference_arrays.items() if a.any()}
+        names = args.structures or sorted(set(predicted.structures) & set(reference_arrays))
+        for row in evaluate(predicted_arrays, reference_arrays, spacing, args.tolerance, names):
+            rows.append({"patient": reference.patient_id, "scored_slices": int(scored.sum()), **row})
     columns = ["patient", "structure", "dsc", "hd95_mm", "msd_mm", "surface_dsc", "volume_pred_voxels",
-               "volume_ref_voxels"]
+               "volume_ref_voxels", "scored_slices"]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns)
     writer.writeheader()
@@ -260,10 +280,12 @@ def run_evaluate(args) -> int:
     with output_folder(out) as tmp:
         write_text(tmp / "metrics.csv", text.getvalue())
         write_text(tmp / "metrics.json", json.dumps(
-            {"tolerance_mm": args.tolerance, "per_structure_mean": summary,
+            {"tolerance_mm": args.tolerance, "imaged_slices_only": bool(args.imaged_slices),
+             "per_structure_mean": summary,
              "rows": [{k: clean(v) for k, v in row.items()} for row in rows]}, indent=2) + "\n")
         provenance.write(tmp, provenance.record("evaluate segmentation", {"pred": str(pred), "ref": str(ref),
-                                                                          "tolerance_mm": args.tolerance},
+                                                                          "tolerance_mm": args.tolerance,
+                                                                          "imaged_slices": bool(args.imaged_slices)},
                                                 inputs=[pred, ref]))
     for name, values in summary.items():
         print(f"{name:16s} DSC {values['dsc']:.3f}  surface DSC {values['surface_dsc']:.3f}  ({values['cases']} cases)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from pathlib import Path
 
@@ -40,6 +41,10 @@ DEFAULTS: dict = {
     # Two-stage (localise at low resolution, segment a crop at full resolution): a factor > 1 trains the
     # localiser on the whole volume down-sampled by it; inference then crops around what the localiser finds.
     "downsample": 1,
+    # OpenKBP's cut CTs keep the voxels inside every contour beyond the cut: with leak_free, OpenKBP cases are trained
+    # on leak-free CTs and validated on leak-free CTs scored on the slices with image data (rtrai.io.openkbp), so the
+    # model learns anatomy rather than that artefact, and selection measures what a clinical CT would give.
+    "leak_free": False,
     # Warm start: a zoo model name or model folder whose weights (same network, inputs and labels) the run starts
     # from instead of a random initialisation; the schedule, optimiser and step count start afresh.
     "init": None,
@@ -60,10 +65,76 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+def yaml_error_line(exc: BaseException) -> str:
+    """One line for a PyYAML error: the problem, what it was parsing, and where (line, column)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem:
+        context = getattr(exc, "context", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{problem}{f' ({context})' if context else ''}{where}"
+    if getattr(exc, "reason", None) is not None and getattr(exc, "position", None) is not None:  # ReaderError
+        return f"{exc.reason} at character {exc.position}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def read_settings_file(path: Path) -> object:
+    """The parsed content of a YAML (``.yaml``/``.yml``) or JSON settings file; every mistake is one
+    :class:`InputError` line naming the file (not UTF-8, YAML or JSON syntax with line and column)."""
+    from rtrai.io.text import read_text
+
+    text = read_text(path, "a settings file")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            try:
+                return yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise InputError(f"{path}: not valid YAML: {yaml_error_line(exc)}") from None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply to be a settings file") from None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_types(defaults: dict, settings: dict, where: str) -> None:
+    """InputError when a setting has another type than its default: a number for a number (finite, not a
+    boolean), true/false for a boolean, text (or a number) for text, a list for a list, a mapping for a mapping
+    (checked the same way one level down). Settings whose default is null may hold anything."""
+    for key, value in settings.items():
+        default = defaults.get(key)
+        if default is None:
+            continue
+        if isinstance(default, bool):
+            ok, wanted = isinstance(value, bool), "true or false"
+        elif isinstance(default, (int, float)):
+            ok, wanted = _is_number(value), "a finite number"
+        elif isinstance(default, str):
+            ok, wanted = isinstance(value, str) or _is_number(value), "text"
+        elif isinstance(default, list):
+            ok, wanted = isinstance(value, list), "a list"
+        elif isinstance(default, dict):
+            ok, wanted = isinstance(value, dict), "a mapping"
+            if ok:
+                check_types(default, value, f"{where} {key!r}:")
+        else:
+            continue
+        if not ok:
+            raise InputError(f"{where} {key!r:.40} is {value!r:.60}, but must be {wanted}")
+
+
 def load_config(path: str | os.PathLike | None) -> dict:
     """Read a config file (YAML or JSON), or a shipped config by name (``hn-oar-ct``), merged over the defaults."""
     if path is None:
         return copy.deepcopy(DEFAULTS)
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"a config is named by a file or a shipped name, not {path!r:.60}")
     source = Path(path)
     if not source.is_file():
         shipped = [CONFIGS / f"{path}.yaml", CONFIGS / f"{path}.json"]
@@ -71,22 +142,28 @@ def load_config(path: str | os.PathLike | None) -> dict:
         if source is None:
             names = sorted(p.stem for p in CONFIGS.glob("*.*"))
             raise InputError(f"config not found: {path} (shipped configs: {', '.join(names)})")
-    text = source.read_text(encoding="utf-8")
-    try:
-        if source.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            override = yaml.safe_load(text) or {}
-        else:
-            override = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - yaml and json raise different classes for the same user mistake
-        raise InputError(f"{source}: not a valid config ({exc})") from None
+    override = read_settings_file(source)
+    if override is None:
+        override = {}
     if not isinstance(override, dict):
-        raise InputError(f"{source}: a config must be a mapping of settings")
-    unknown = sorted(set(override) - set(DEFAULTS))
+        raise InputError(f"{source}: a config must be a mapping of settings, not {type(override).__name__}")
+    unknown = sorted((k for k in override if k not in DEFAULTS), key=str)
     if unknown:
-        raise InputError(f"{source}: unknown settings {', '.join(unknown)}")
+        raise InputError(f"{source}: unknown settings {', '.join(map(repr, unknown))}")
+    check_types(DEFAULTS, override, f"{source}:")
+    for key in ("init", "base"):
+        if not isinstance(override.get(key), (str, type(None))):
+            raise InputError(f"{source}: '{key}' must name a model or config, not {override[key]!r:.60}")
+    seeds = override.get("average_seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds or
+                              not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds)):
+        raise InputError(f"{source}: 'average_seeds' must be a list of whole numbers, not {seeds!r:.60}")
     config = _merge(DEFAULTS, override)
-    if not config["labels"] or not config["inputs"]:
+    labels, inputs = config["labels"], config["inputs"]
+    if not labels or not inputs:
         raise InputError(f"{source}: a config needs at least one label and one input")
+    if not all(isinstance(label, str) and label.strip() for label in labels):
+        raise InputError(f"{source}: 'labels' must be structure names, not {labels!r:.80}")
+    if not all(isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"] for item in inputs):
+        raise InputError(f"{source}: every entry of 'inputs' needs a name, e.g. {{name: CT, modality: CT}}")
     return config

@@ -98,6 +98,7 @@ class Sample:
     centres: list  # per label: (n, 3) int voxel indices inside it (subsampled), empty when absent
     body: np.ndarray  # (n, 3) voxel indices inside the body, for background patches
     spacing: tuple  # (x, y, z) mm of the CT as read (before any down-sampling)
+    scored: np.ndarray | None = None  # (z,) bool: the slices validation scores (leak-free OpenKBP), None: all
 
 
 def load_samples(paths: list[Path], config: dict, progress=None, max_points: int = 4096, seed: int = 0) -> list[Sample]:
@@ -110,6 +111,11 @@ def load_samples(paths: list[Path], config: dict, progress=None, max_points: int
     samples = []
     for path in track(paths, progress, message=""):
         case = read_case(path)
+        scored = None
+        if config.get("leak_free") and case.metadata.get("source") == "openkbp":
+            from rtrai.io.openkbp import imaged_slices, leak_free
+
+            scored, case = imaged_slices(case), leak_free(case)  # OpenKBP's grid is already LPS: z is z
         image = preprocess(case, config["inputs"], path if Path(path).is_dir() else None)
         labels, present = label_array(case, config["labels"])
         if factor > 1:
@@ -123,7 +129,7 @@ def load_samples(paths: list[Path], config: dict, progress=None, max_points: int
         body = np.argwhere(image[0] > -0.6)  # soft tissue and denser in the first channel's window
         body = body[rng.choice(len(body), min(len(body), max_points), replace=False)] if len(body) else body
         samples.append(Sample(Path(path).name, image.astype(np.float16), pack(labels), present, points,
-                              body.astype(np.int16), tuple(orient(case.ct).GetSpacing())))
+                              body.astype(np.int16), tuple(orient(case.ct).GetSpacing()), scored))
     return samples
 
 

@@ -60,6 +60,12 @@ def predict_array(model, image: np.ndarray, config: dict, device=None) -> np.nda
                        largest=bool(settings.get("largest_component", True)))
 
 
+def found_structures(masks: dict[str, sitk.Image]) -> tuple[dict[str, sitk.Image], list[str]]:
+    """Split :meth:`Segmenter.segment`'s masks into the found ones (at least one voxel) and the names not found."""
+    found = {name: mask for name, mask in masks.items() if sitk.GetArrayViewFromImage(mask).any()}
+    return found, [name for name in masks if name not in found]
+
+
 class Segmenter:
     """A loaded zoo model (by name, folder or manifest path) that segments cases."""
 
@@ -144,7 +150,9 @@ class Segmenter:
         return out
 
     def segment(self, case: Case, folder=None) -> dict[str, sitk.Image]:
-        """TG-263 name -> uint8 mask on the case's CT grid, for every label of the model (empty when not found)."""
+        """TG-263 name -> uint8 mask on the case's CT grid, for every label of the model (empty when not found: the
+        caller decides what to say about it; :func:`found_structures` splits found from not found, and only found
+        ones may be written or added to a case, since missing is not empty)."""
         from rtrai.segmentation.postprocess import midline_x, postprocess
 
         image, oriented, grid = self.preprocess(case, folder)

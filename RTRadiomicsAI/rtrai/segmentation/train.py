@@ -261,11 +261,11 @@ def _run_stages(data, stages: dict, parallel: int, log, command, progress=None) 
     for folder in stages:
         log(f"stage {folder.name}: {'to run' if folder in pending else 'finished'}, log {folder / LOG}")
     if parallel > 1 and len(pending) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from rtrai.core.workers import process_pool
 
-        with ProcessPoolExecutor(min(parallel, len(pending)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+        # Workers that exit with this process: an orphaned run would go on training unseen, writing into folders
+        # that a new run may be using (its last checkpoint is kept for --resume).
+        with process_pool(min(parallel, len(pending)), "spawn") as pool:
             futures = [pool.submit(_run_stage, data, config, folder, command, None, f"[{folder.name}] ")
                        for folder, config in pending.items()]
             for future in futures:
@@ -273,21 +273,6 @@ def _run_stages(data, stages: dict, parallel: int, log, command, progress=None) 
     else:
         for folder, config in pending.items():
             _run_stage(data, config, folder, command, progress)
-
-
-def _exit_with_parent(parent: int, every: float = 2.0) -> None:
-    """In a worker process: stop when ``parent`` has gone. A pool's worker outlives a parent that was killed (not
-    interrupted: Ctrl-C reaches the whole process group) and would go on training unseen, writing into folders that
-    a new run may be using; its last checkpoint is kept for ``--resume``. On POSIX an orphan's parent becomes another
-    process, which is what this watches for."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(every)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _finished(folder: Path, config: dict) -> bool:
@@ -351,7 +336,8 @@ def _validation_samples(config: dict, log) -> list:
 
 
 def validate(model, samples, config: dict) -> dict[str, float]:
-    """Mean DSC per label over validation cases that have it (sliding window, threshold, largest component)."""
+    """Mean DSC per label over validation cases that have it (sliding window, threshold, largest component); on a
+    leak-free OpenKBP case only its slices with image data count, and a label with none there is not scored."""
     import torch
 
     from rtrai.segmentation.data import unpack
@@ -364,8 +350,11 @@ def validate(model, samples, config: dict) -> dict[str, float]:
         with torch.no_grad():
             masks = predict_array(model, sample.image.astype(np.float32), config)
         labels = unpack(sample.bits, len(config["labels"]))
+        if sample.scored is not None:
+            masks[:, ~sample.scored] = 0
+            labels[:, ~sample.scored] = 0
         for i, name in enumerate(config["labels"]):
-            if sample.present[i]:
+            if sample.present[i] and labels[i].any():
                 scores[name].append(dice(masks[i], labels[i]))
     return {name: float(np.mean(v)) for name, v in scores.items() if v}
 
