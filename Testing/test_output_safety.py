@@ -210,3 +210,11 @@ def test_a_model_asked_for_and_not_found_is_an_error(case_folder, tmp_path):
         out = tmp_path / "out"
         refused(rtrai("run", case_folder, "-o", out, option, value), "model")
         assert not out.exists()
+
+
+def test_the_demo_never_writes_into_its_built_in_case():
+    from rtrai.demo import BUILTIN_CASE
+
+    before = digest(BUILTIN_CASE)
+    refused(rtrai("demo", "-o", BUILTIN_CASE / "out"), "inside the input folder")
+    assert digest(BUILTIN_CASE) == before and not (BUILTIN_CASE / "out").exists()

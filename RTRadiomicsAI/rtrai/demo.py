@@ -60,6 +60,10 @@ def run_demo(args) -> int:
 
     if not args.phantom and (args.seed or args.cohort_size != COHORT_SIZE):
         raise InputError("--seed and --cohort-size are for the synthetic phantom: give them with --phantom")
+    if not args.phantom:
+        from rtrai.core.paths import check_output
+
+        check_output(args.output, [BUILTIN_CASE])  # the built-in case is an input like any other
     run = demo(Path(args.output), seed=args.seed, cohort_size=args.cohort_size, device=args.device,
                progress=default("rtrai demo"), phantom=args.phantom)
     for line in run.log:
@@ -74,8 +78,8 @@ def run_demo(args) -> int:
 
 def demo(outdir: Path, seed: int = 0, cohort_size: int = COHORT_SIZE, device: str = "auto", progress=None,
          phantom: bool = False):
-    """Fit the synthetic outcome model, then run the built-in real case (or, with ``phantom``, the phantom of
-    ``seed``) through the pipeline; returns the CaseRun."""
+    """Run the built-in real case through the pipeline, or with ``phantom`` fit the synthetic outcome model and run
+    the phantom of ``seed``; returns the CaseRun."""
     from rtrai.core.errors import InputError
     from rtrai.core.progress import silent, sub
     from rtrai.phantom import make_phantom
