@@ -87,7 +87,7 @@ def test_segment_leaves_out_an_organ_not_found_on_a_cropped_ct(tmp_path, openkbp
     crop = lambda image: image[:, :, 62:128]  # noqa: E731 - SimpleITK slicing (x, y, z)
     case = Case(ct=crop(full.ct), metadata={"patient_id": "pt_201_top"})
     for name, mask in full.structures.items():
-        if sitk.GetArrayViewFromImage(crop(mask)).any():
+        if sitk.GetArrayFromImage(crop(mask)).any():  # a copy: a view of the temporary crop would read freed memory
             case.add_structure(name, crop(mask), full.colors.get(name), keep_name=True)
     assert "Esophagus" not in case.structures  # the scenario: the esophagus lies below these slices
     write_case(case, tmp_path / "case")

@@ -378,7 +378,7 @@ def _is_rtrai_error(exc: Exception) -> bool:
 def _step_dvh(run: CaseRun, progress) -> str:
     from rtrai.dose.constraints import evaluate_constraints
     from rtrai.dose.dvh import dvh_table, metric, samples_from_mask
-    from rtrai.dose.gamma import check_dose
+    from rtrai.core.image import check_dose
     from rtrai.radiomics.case_features import structure_order
 
     case = run.case

@@ -126,6 +126,28 @@ def check_finite(image: sitk.Image, what: str = "image") -> None:
         raise InputError(f"{what} contains NaN or infinite values ({int((~np.isfinite(arr)).sum())} voxels)")
 
 
+# Above this a dose (or a prescription) in Gy is surely cGy. Not lower: permanent-seed brachytherapy prescribes up to
+# 145 Gy (I-125 prostate), and a plan's hot spot lies above its prescription.
+MAX_PLAUSIBLE_GY = 150.0
+
+
+def check_dose(image: sitk.Image, what: str, max_plausible_gy: float = MAX_PLAUSIBLE_GY) -> np.ndarray:
+    """The dose as float32 (z, y, x), refusing NaN, negative values and maxima that look like cGy: the one rule of
+    every command that reads a dose (conversion, export, DVH, gamma, evaluation, the pipeline)."""
+    check_finite(image, what)
+    arr = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    if arr.size == 0:
+        raise InputError(f"{what} is empty")
+    low = float(arr.min())
+    if low < -1e-6:
+        raise InputError(f"{what} has negative values (minimum {low:.4g} Gy); a dose must be >= 0")
+    high = float(arr.max())
+    if high > max_plausible_gy:
+        raise InputError(f"{what} has a maximum of {high:.1f}, implausible in Gy (> {max_plausible_gy:g}); "
+                         "it looks like cGy: divide by 100 or pass the dose in Gy")
+    return arr
+
+
 def resample_to(image: sitk.Image, reference: sitk.Image, interpolation: str = "linear",
                 default: float = 0.0) -> sitk.Image:
     """Resample onto the reference grid. ``interpolation``: 'linear', 'nearest' (labels) or 'bspline'."""

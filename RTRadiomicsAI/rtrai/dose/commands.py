@@ -74,13 +74,13 @@ def load_config(name_or_path: str) -> dict:
 
 def parse_prescription(text: str | None) -> dict[str, float]:
     """``"PTV70=70,PTV56=56"`` -> TG-263 name -> Gy; a value must be a dose in Gy: positive and at most
-    :data:`rtrai.dose.gamma.MAX_PLAUSIBLE_GY` (the limit under which the dose commands take a dose for Gy, so a
+    :data:`rtrai.core.image.MAX_PLAUSIBLE_GY` (the limit under which the dose commands take a dose for Gy, so a
     prescription of 7000 is refused as cGy just as a dose of 7000 is)."""
     import math
 
     from rtrai.core.errors import InputError
     from rtrai.core.structures import to_tg263
-    from rtrai.dose.gamma import MAX_PLAUSIBLE_GY
+    from rtrai.core.image import MAX_PLAUSIBLE_GY
 
     out = {}
     for item in filter(None, (part.strip() for part in (text or "").split(","))):

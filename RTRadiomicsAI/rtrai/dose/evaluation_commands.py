@@ -132,7 +132,7 @@ def run_dvh(args) -> int:
     from rtrai.core import provenance
     from rtrai.core.outputs import output_folder
     from rtrai.dose.dvh import dvh_csv, dvh_table, metric, parse_metrics
-    from rtrai.dose.gamma import check_dose
+    from rtrai.core.image import check_dose
 
     metrics = parse_metrics(args.metrics)
     dose = read_dose(args.dose)
@@ -234,7 +234,7 @@ def _evaluate_pair(name: str, pred_path: Path, ref_path: Path, structures: str |
 
     from rtrai.core.errors import GeometryError, InputError
     from rtrai.core.image import Grid
-    from rtrai.dose.gamma import check_dose
+    from rtrai.core.image import check_dose
     from rtrai.dose.scores import score_patient
 
     from rtrai.core.case import Case
@@ -304,7 +304,7 @@ def run_evaluate(args) -> int:
 
     if args.prescription is not None:
         from rtrai.core.errors import InputError
-        from rtrai.dose.gamma import MAX_PLAUSIBLE_GY
+        from rtrai.core.image import MAX_PLAUSIBLE_GY
 
         if not 0 < args.prescription <= MAX_PLAUSIBLE_GY:  # also NaN
             raise InputError(f"--prescription {args.prescription:g}: a prescription must be a dose in Gy in (0, "

@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from rtrai.core.errors import GeometryError, InputError
-from rtrai.core.image import Grid, check_finite, resample_to
+from rtrai.core.image import Grid, check_dose, resample_to
 from rtrai.core.progress import Progress, silent, sub
 
 # Stand-in for "outside the evaluated dose": large enough that any gamma using it loses, small enough that a zero
@@ -68,27 +68,6 @@ def _extent(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
                for bits in np.ndindex(2, 2, 2)]
     corners = np.array(corners)
     return corners.min(axis=0), corners.max(axis=0)
-
-
-# Above this a dose (or a prescription) in Gy is surely cGy. Not lower: permanent-seed brachytherapy prescribes up to
-# 145 Gy (I-125 prostate), and a plan's hot spot lies above its prescription.
-MAX_PLAUSIBLE_GY = 150.0
-
-
-def check_dose(image: sitk.Image, what: str, max_plausible_gy: float = MAX_PLAUSIBLE_GY) -> np.ndarray:
-    """The dose as float32 (z, y, x), refusing NaN, negative values and maxima that look like cGy."""
-    check_finite(image, what)
-    arr = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    if arr.size == 0:
-        raise InputError(f"{what} is empty")
-    low = float(arr.min())
-    if low < -1e-6:
-        raise InputError(f"{what} has negative values (minimum {low:.4g} Gy); a dose must be >= 0")
-    high = float(arr.max())
-    if high > max_plausible_gy:
-        raise InputError(f"{what} has a maximum of {high:.1f}, implausible in Gy (> {max_plausible_gy:g}); "
-                         "it looks like cGy: divide by 100 or pass the dose in Gy")
-    return arr
 
 
 def _search_cells(spacing_zyx: np.ndarray, dta_mm: float, max_gamma: float, step_mm: float,

@@ -22,7 +22,7 @@ def convert_one(source: Path, outdir: Path) -> Path:
     refused; structures the input declares but that give no mask are named on stderr (see :func:`lost_structures`)."""
     from rtrai.core import provenance
     from rtrai.core.outputs import output_folder
-    from rtrai.dose.gamma import check_dose  # the rule every dose command applies (cGy is refused, not guessed)
+    from rtrai.core.image import check_dose  # the rule every dose command applies (cGy is refused, not guessed)
     from rtrai.io.case_io import input_kind, read_case, write_case
 
     case = read_case(source)

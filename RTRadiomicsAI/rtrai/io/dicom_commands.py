@@ -22,7 +22,7 @@ def run_export(args) -> int:
 
     from rtrai.core.errors import InputError
     from rtrai.core.progress import default
-    from rtrai.dose.gamma import check_dose  # the rule every dose command applies (cGy is refused, not guessed)
+    from rtrai.core.image import check_dose  # the rule every dose command applies (cGy is refused, not guessed)
     from rtrai.io.case_io import read_case
     from rtrai.io.dicomrt_export import write_dicom_case
 

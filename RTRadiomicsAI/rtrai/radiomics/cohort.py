@@ -130,21 +130,6 @@ def probe_columns(params=None, preset: str | None = None, dvh: bool = False) -> 
     return [k for k in row if k not in ("ID", "Image", "Mask", "Label")]
 
 
-def _read_existing(path: Path, header: list[str]) -> list[dict]:
-    """Complete rows of an earlier run with the same columns (a row cut by a kill is dropped)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        found = next(reader, None)
-        if found is None:
-            return []
-        if found != header:
-            raise InputError(f"--resume: {path} was written with other settings or inputs (its columns differ); "
-                             "write to a new file")
-        return [dict(zip(header, values)) for values in reader if len(values) == len(header)]
-
-
 def partial_path(output: str | os.PathLike) -> Path:
     """Where ``output`` is written while unfinished: ``NAME.partial.csv`` beside ``NAME.csv``."""
     output = Path(output)
@@ -153,8 +138,11 @@ def partial_path(output: str | os.PathLike) -> Path:
 
 
 def _finished_rows(path: Path, header: list[str]) -> list[dict]:
-    """Complete rows of an interrupted run's partial file: a row cut by a kill (no line end after it, or inside a
-    quoted value) is dropped; another header means other settings or inputs."""
+    """Complete rows of an earlier run's table (its partial file, or the finished one; none when it is absent): a row
+    cut by a kill (no line end after it, or inside a quoted value) is dropped; another header means other settings
+    or inputs."""
+    if not path.is_file():
+        return []
     with open(path, newline="", encoding="utf-8", errors="replace") as handle:
         text = handle.read()
     text = text[:text.rfind("\n") + 1]  # each complete row ends with a line end; what follows is cut
@@ -192,10 +180,8 @@ def run_cohort(batch: str | os.PathLike, output: str | os.PathLike, params=None,
     header = input_columns + [ERROR_COLUMN] + probe_columns(params, preset, dvh)
     kept = {}
     if resume:
-        if partial.is_file():  # newer than output: an interrupted run (or resume) started from it
-            kept = {r["ID"]: r for r in _finished_rows(partial, header) if not r[ERROR_COLUMN]}
-        else:
-            kept = {r["ID"]: r for r in _read_existing(output, header) if not r[ERROR_COLUMN]}
+        earlier = partial if partial.is_file() else output  # a partial file is newer: an interrupted run left it
+        kept = {r["ID"]: r for r in _finished_rows(earlier, header) if not r[ERROR_COLUMN]}
     elif output.exists():
         raise InputError(f"{output} exists; use --resume to continue it or choose another file")
     elif partial.exists():

@@ -153,12 +153,6 @@ def segment_one(segmenter, source: Path, out: Path, fmt: str = "nrrd") -> Path:
     return out
 
 
-def sitk_any(image) -> bool:
-    import SimpleITK as sitk
-
-    return bool(sitk.GetArrayViewFromImage(image).any())
-
-
 def run_train(args) -> int:
     from rtrai.core.errors import InputError
     from rtrai.core.progress import default
