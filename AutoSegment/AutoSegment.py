@@ -1,262 +1,248 @@
-"""AutoSegment: deep-learning contouring of organs at risk and targets, and its comparison with a reference.
+"""AutoSegment: deep-learning contouring of organs at risk and targets, contour QA, and the comparison with a
+reference.
 
-"Segment" runs ``rtrai segment`` on the input volume in a background process (:mod:`rtrai.core.jobs`), polled from a
-QTimer on the main thread, with progress and Cancel; the result becomes a segmentation node. "Compare" runs
-``rtrai evaluate segmentation`` (DSC, HD95, mean surface distance, surface DSC) and shows the metrics table.
-MRML is touched on the main thread only; the file exchange with the jobs is in :mod:`rtrai.mrml.exchange`.
+"Segment" runs ``rtrai segment`` on the input volume with a zoo model or a model the user brings (a MONAI bundle
+folder, a TorchScript file, an nnU-Net v2 folder), optionally with contour QA (``--qa``: flags, uncertainty maps) and
+a Grad-CAM map of one structure (``--gradcam``); "Check contours" runs ``rtrai segment qa`` on a segmentation from any
+source; "Compare" runs ``rtrai evaluate segmentation``. The jobs run in the background through
+:class:`RTRadiomicsAILib.jobs.BackgroundJobPanel`; MRML is touched on the main thread only.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import qt
 import slicer
-import vtk
+from RTRadiomicsAILib import results
+from RTRadiomicsAILib.jobs import startJob
+from RTRadiomicsAILib.settings import DEVICES
+from RTRadiomicsAILib.template import ModuleTest, ModuleWidget, describeModule, zooModels
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.util import VTKObservationMixin
-
-DEVICES = ("auto", "cpu", "cuda")
-# Settings of the RTRadiomicsAI hub, published in this process's environment; passed on to the background jobs.
-SETTINGS_VARIABLES = ("RTRAI_DEVICE", "RTRAI_MODEL_CACHE")
 
 
 class AutoSegment(ScriptedLoadableModule):
     def __init__(self, parent):
-        ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "AutoSegment"
-        self.parent.categories = ["Radiotherapy"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["RTRadiomicsAI contributors"]
-        self.parent.helpText = (
-            "Deep-learning contouring of organs at risk (and targets) on CT with a model of the RTRadiomicsAI model "
-            "zoo. 'Segment' runs in a background process (progress, Cancel) and gives a segmentation node; "
-            "'Compare' scores a segmentation against a reference (DSC, HD95, mean surface distance, surface DSC). "
-            "The same steps are `rtrai segment` and `rtrai evaluate segmentation` on the command line.")
-        self.parent.acknowledgementText = "Networks and metrics from MONAI; models trained on OpenKBP (Babier et al.)."
+        describeModule(self, parent, "AutoSegment", ["Radiotherapy"], HELP, ACKNOWLEDGEMENT)
+
+
+# The module's entry in Slicer's help panel.
+HELP = """
+Deep-learning contouring of organs at risk (and targets) on CT with a model of the RTRadiomicsAI model zoo or one
+you bring (a MONAI bundle folder, a TorchScript file with its manifest, an nnU-Net v2 folder).
+<b>Segment</b> runs in a background process (progress, Cancel) and gives a segmentation node; with <i>Contour QA</i>
+it also flags implausible contours and loads the uncertainty maps, with <i>Grad-CAM</i> the map of what a structure's
+contour came from. <b>Check contours</b> flags the contours of any segmentation. <b>Compare</b> scores a segmentation
+against a reference (DSC, HD95, mean surface distance, surface DSC).
+The same steps on the command line: <code>rtrai segment [--qa] [--gradcam S]</code>, <code>rtrai segment qa</code>,
+<code>rtrai evaluate segmentation</code>."""
+ACKNOWLEDGEMENT = """Networks and metrics from MONAI; models trained on OpenKBP (Babier et al.)."""
 
 
 @parameterNodeWrapper
 class AutoSegmentParameterNode:
     """inputVolume: the CT; device: where the model runs ("auto": the hub's setting); mirror: also segment the mirrored
-    image and average (unchecked: the model's manifest decides); outputSegmentation: where the
-    result goes (a new node when none); predicted/referenceSegmentation, tolerance (surface DSC, mm) and
-    metricsTable: the comparison. The model is chosen in a combo box filled from the model zoo at run time."""
+    image and average (unchecked: the model's manifest decides); contourQa: flags and uncertainty maps;
+    gradcamStructure: a structure whose Grad-CAM map is written (empty: none); outputSegmentation: where the result
+    goes (a new node when none); qaSegmentation, qaTable: "Check contours"; predicted/referenceSegmentation,
+    tolerance (surface DSC, mm) and metricsTable: the comparison. The model is typed or chosen in an editable combo
+    box filled from the model zoo at run time."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     device: Annotated[str, Choice(DEVICES), Default("auto")]
     mirror: bool
+    contourQa: bool
+    gradcamStructure: str = ""
     outputSegmentation: vtkMRMLSegmentationNode
+    qaSegmentation: vtkMRMLSegmentationNode
+    qaTable: vtkMRMLTableNode
+    tolerance: Annotated[float, WithinRange(0.0, 20.0), Default(2.0)]
     predictedSegmentation: vtkMRMLSegmentationNode
     referenceSegmentation: vtkMRMLSegmentationNode
-    tolerance: Annotated[float, WithinRange(0.0, 20.0), Default(2.0)]
     metricsTable: vtkMRMLTableNode
 
 
-class AutoSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._job = None
-        self._onFinished = None
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.timeout.connect(self._poll)
+class AutoSegmentWidget(ModuleWidget, ScriptedLoadableModuleWidget):
+    UI_FILE = "UI/AutoSegment.ui"
+    DEFAULT_INPUTS = {"inputVolume": "vtkMRMLScalarVolumeNode"}
+    MODEL_TASK = "segmentation"
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AutoSegment.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = AutoSegmentLogic()
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
-        self.ui.compareButton.connect("clicked(bool)", self.onCompare)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
-        self.fillModels()
-        self.initializeParameterNode()
+    def createLogic(self):
+        return AutoSegmentLogic()
 
-    def cleanup(self) -> None:
-        if self._job is not None:
-            self._job.remove_temporary()  # stops it and removes its patient data
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.fillModels()  # a model added to the zoo since (e.g. one that finished training) shows up
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        self._disconnectParameterNode()
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def fillModels(self) -> None:
-        """The combo box is filled by hand: parameter binding of a combo box needs its choices when the class is
-        defined, and the zoo may change while Slicer runs."""
-        current = self.ui.modelComboBox.currentText
-        self.ui.modelComboBox.clear()
-        for name in self.logic.segmentationModels():
-            self.ui.modelComboBox.addItem(name)
-        index = self.ui.modelComboBox.findText(current)
-        self.ui.modelComboBox.setCurrentIndex(max(index, 0))
-        self._updateButtons()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        self._disconnectParameterNode()
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._updateButtons()
-
-    def _disconnectParameterNode(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-
-    def _updateButtons(self, caller=None, event=None) -> None:
-        p, idle = self._parameterNode, self._job is None
-        hasModel = self.ui.modelComboBox.count > 0
+    def updateButtons(self) -> None:
+        p, idle = self.parameterNode, self.idle
+        hasModel = bool(self.ui.modelComboBox.currentText.strip())
         self.ui.segmentButton.enabled = bool(idle and p and p.inputVolume and hasModel)
         self.ui.segmentButton.toolTip = ("Segment the input volume in a background process." if hasModel else
-                                         "No segmentation model is installed in the RTRadiomicsAI model zoo.")
+                                         "Choose a zoo model, or a model folder or file.")
+        self.ui.checkContoursButton.enabled = bool(idle and p and p.inputVolume and p.qaSegmentation)
         self.ui.compareButton.enabled = bool(idle and p and p.inputVolume and p.predictedSegmentation
                                              and p.referenceSegmentation)
 
-    # -- background jobs ---------------------------------------------------------------------------------------
-    def _start(self, job, onFinished) -> None:
-        self._job, self._onFinished = job, onFinished
-        self.ui.progressBar.value = 0
-        self.ui.cancelButton.enabled = True
-        self._updateButtons()
-        self._timer.start()
+    def onModelFolder(self) -> None:
+        path = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Choose a MONAI bundle, nnU-Net or "
+                                                   "model folder", self.ui.modelComboBox.currentText)
+        if path:
+            self.ui.modelComboBox.setEditText(path)
 
-    def _poll(self) -> None:
-        update = self._job.poll()
-        self.ui.progressBar.value = int(round(100 * update.fraction))
-        if update.message:
-            self.ui.statusLabel.text = update.message
-        if not update.finished:
-            return
-        self._timer.stop()
-        job, onFinished = self._job, self._onFinished
-        self._job = self._onFinished = None
-        self.ui.cancelButton.enabled = False
-        self._updateButtons()
-        try:
-            if update.state == "succeeded":
-                with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
-                    onFinished()
-            elif update.state == "cancelled":
-                self.ui.statusLabel.text = "Cancelled."
-            else:
-                self.ui.statusLabel.text = job.last_error or "The background process failed."
-                slicer.util.errorDisplay(self.ui.statusLabel.text, detailedText="\n".join(job.log[-50:]))
-        finally:
-            job.remove_temporary()  # the exported patient data and the loaded results
+    def onModelFile(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Choose a TorchScript model",
+                                              self.ui.modelComboBox.currentText,
+                                              "TorchScript (*.pt *.ts *.pth);;All files (*)")
+        if path:
+            self.ui.modelComboBox.setEditText(path)
 
-    def onCancel(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
+    def showContourQa(self, loaded: dict) -> str:
+        """The flags table (and the uncertainty maps over the CT) of a contour QA run; returns its summary."""
+        p = self.parameterNode
+        p.qaTable = loaded["table"]
+        self.ui.qaTableView.setMRMLTableNode(loaded["table"])
+        maps = loaded["uncertainty"]
+        if maps:
+            slicer.util.setSliceViewerLayers(background=p.inputVolume, foreground=maps[0], foregroundOpacity=0.5)
+        self.ui.qaResultLabel.text = loaded["summary"] + (f" {len(maps)} uncertainty map(s) loaded." if maps else "")
+        return self.ui.qaResultLabel.text
 
     # -- panels ------------------------------------------------------------------------------------------------
     def onSegment(self) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not start the segmentation.", waitCursor=True):
-            job, finish = self.logic.startSegmentation(p.inputVolume, self.ui.modelComboBox.currentText, p.device,
-                                                       p.outputSegmentation, mirror=p.mirror)
+        p = self.parameterNode
 
-            def done():
-                node = finish()
-                p.outputSegmentation = p.predictedSegmentation = node
-                slicer.util.setSliceViewerLayers(background=p.inputVolume)
-                self.ui.statusLabel.text = (f"{node.GetSegmentation().GetNumberOfSegments()} structure(s) in "
-                                            f"'{node.GetName()}'.")
+        def show(loaded):
+            node = loaded["segmentation"]
+            p.outputSegmentation = p.predictedSegmentation = p.qaSegmentation = node
+            slicer.util.setSliceViewerLayers(background=p.inputVolume)
+            text = f"{node.GetSegmentation().GetNumberOfSegments()} structure(s) in '{node.GetName()}'."
+            if loaded["gradcam"]:
+                slicer.util.setSliceViewerLayers(foreground=loaded["gradcam"][0], foregroundOpacity=0.5)
+                text += f" Grad-CAM map(s): {', '.join(n.GetName() for n in loaded['gradcam'])}."
+            if "contourQa" in loaded:
+                text += " " + self.showContourQa(loaded["contourQa"])
+            self.ui.statusLabel.text = text
 
-            self._start(job, done)
+        self.jobs.run("the segmentation", lambda: self.logic.startSegmentation(
+            p.inputVolume, self.ui.modelComboBox.currentText, p.device, p.outputSegmentation, mirror=p.mirror,
+            qa=p.contourQa, gradcam=p.gradcamStructure.strip(), qaTable=p.qaTable), show)
+
+    def onCheckContours(self) -> None:
+        p = self.parameterNode
+
+        def show(loaded):
+            self.ui.statusLabel.text = self.showContourQa(loaded)
+
+        self.jobs.run("the contour check", lambda: self.logic.startContourCheck(p.inputVolume, p.qaSegmentation,
+                                                                                 p.qaTable), show)
 
     def onCompare(self) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not start the comparison.", waitCursor=True):
-            job, finish = self.logic.startComparison(p.inputVolume, p.predictedSegmentation, p.referenceSegmentation,
-                                                     p.tolerance, p.metricsTable)
+        p = self.parameterNode
 
-            def done():
-                table = finish()
-                p.metricsTable = table
-                self.ui.metricsTableView.setMRMLTableNode(table)
-                self.ui.statusLabel.text = self.logic.describeMetrics(table)
+        def show(table):
+            p.metricsTable = table
+            self.ui.metricsTableView.setMRMLTableNode(table)
+            self.ui.statusLabel.text = self.logic.describeMetrics(table)
 
-            self._start(job, done)
+        self.jobs.run("the comparison", lambda: self.logic.startComparison(
+            p.inputVolume, p.predictedSegmentation, p.referenceSegmentation, p.tolerance, p.metricsTable), show)
 
 
 class AutoSegmentLogic(ScriptedLoadableModuleLogic):
-    """MRML in, ``rtrai segment`` / ``rtrai evaluate segmentation`` in a background process, MRML out."""
+    """MRML in, ``rtrai segment`` / ``rtrai segment qa`` / ``rtrai evaluate segmentation`` in a background process,
+    MRML out."""
 
     def getParameterNode(self):
         return AutoSegmentParameterNode(super().getParameterNode())
 
+    @classmethod
+    def modelArgument(cls, text: str) -> str:
+        """``--model``'s value: a zoo name as it is, a file or folder (bundle, TorchScript, nnU-Net) as its full path.
+        The command checks what the file or folder holds."""
+        text = text.strip()
+        if not text:
+            raise ValueError("Choose a zoo model, or a model folder or file.")
+        if text in cls.segmentationModels():
+            return text
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise ValueError(f"Model '{text}' is neither a segmentation model of the zoo "
+                             f"({', '.join(cls.segmentationModels()) or 'none installed'}) nor an existing file or "
+                             "folder.")
+        return str(path.resolve())
+
     @staticmethod
     def segmentationModels() -> list:
-        from rtrai.models import list_models
-
-        return [m["name"] for m in list_models() if m.get("task") == "segmentation"]
+        return zooModels("segmentation")
 
     @staticmethod
-    def jobEnvironment() -> dict:
-        """Slicer's startup environment (without the launcher's settings for the application) plus the hub's
-        settings (device, model folder)."""
-        env = dict(slicer.util.startupEnvironment()) if hasattr(slicer.util, "startupEnvironment") else dict(os.environ)
-        env.update({name: os.environ[name] for name in SETTINGS_VARIABLES if name in os.environ})
-        return env
+    def loadContourQa(folder: Path, name: str, tableNode=None) -> dict:
+        """OUT/contour_qa.csv as a table node with its one-line summary, and the uncertainty maps in OUT as volumes."""
+        import pandas as pd
+
+        table = results.loadCsvTable(folder / results.CONTOUR_QA_FILE, slicer.mrmlScene, f"{name} contour QA",
+                                     tableNode)
+        frame = pd.read_csv(folder / results.CONTOUR_QA_FILE)
+        maps = results.loadHeatMaps(results.uncertaintyMaps(folder), slicer.mrmlScene, name)
+        return {"table": table, "summary": results.describeContourQa(frame), "uncertainty": maps}
 
     def startSegmentation(self, volumeNode, model: str, device: str = "auto", segmentationNode=None,
-                          mirror: bool = False):
-        """Start ``rtrai segment`` (with ``--mirror`` when asked; else as the model's manifest says); returns the job
-        and a function that loads its result into a segmentation node (``segmentationNode``, or a new one named after
-        the volume and the model)."""
-        from rtrai.core.jobs import Job, job_folder
+                          mirror: bool = False, qa: bool = False, gradcam: str = "", qaTable=None):
+        """Start ``rtrai segment`` (``--mirror`` when asked, else as the model's manifest says; ``--qa``;
+        ``--gradcam STRUCTURE``); returns the job and a function that loads its results: ``segmentation`` (into
+        ``segmentationNode``, or a new node named after the volume and the model), ``gradcam`` (volumes) and, with
+        ``qa``, ``contourQa`` (see :meth:`loadContourQa`)."""
+        from rtrai.core.jobs import job_folder
         from rtrai.io.case_io import write_case
         from rtrai.mrml import load_segmentation_file, nodes_to_case
 
         if volumeNode is None:
             raise ValueError("Select an input volume.")
-        if not model:
-            raise ValueError("No segmentation model is installed in the RTRadiomicsAI model zoo.")
+        model = self.modelArgument(model)
+        options = (["--mirror"] if mirror else []) + (["--qa"] if qa else []) + (["--gradcam", gradcam] if gradcam
+                                                                                 else [])
         with job_folder("AutoSegment-") as folder:
             write_case(nodes_to_case(volumeNode), folder / "input")
             output = folder / "output"
-            job = Job.rtrai("segment", str(folder / "input"), "-o", str(output), "--model", model, "--device", device,
-                            *(["--mirror"] if mirror else []), env=self.jobEnvironment(), temporary=[folder]).start()
-            return job, lambda: load_segmentation_file(output / "Structures.seg.nrrd", slicer.mrmlScene,
-                                                       f"{volumeNode.GetName()} {model}", reference_volume=volumeNode,
-                                                       node=segmentationNode)
+            job = startJob("segment", str(folder / "input"), "-o", str(output), "--model", model, "--device", device,
+                           *options, temporary=[folder])
+            name = f"{volumeNode.GetName()} {Path(model).name}"
+
+            def finish():
+                loaded = {"segmentation": load_segmentation_file(output / "Structures.seg.nrrd", slicer.mrmlScene,
+                                                                 name, reference_volume=volumeNode,
+                                                                 node=segmentationNode),
+                          "gradcam": results.loadHeatMaps(results.gradcamMaps(output), slicer.mrmlScene,
+                                                          f"{name} Grad-CAM")}
+                if qa:
+                    loaded["contourQa"] = self.loadContourQa(output, name, qaTable)
+                return loaded
+
+            return job, finish
+
+    def startContourCheck(self, volumeNode, segmentationNode, tableNode=None):
+        """Start ``rtrai segment qa`` on the segmentation's contours (on the volume's grid); returns the job and a
+        function that loads the flags (see :meth:`loadContourQa`)."""
+        from rtrai.core.jobs import job_folder
+        from rtrai.io.case_io import write_case
+        from rtrai.mrml import nodes_to_case
+
+        if volumeNode is None or segmentationNode is None:
+            raise ValueError("Select the input volume and the segmentation whose contours are checked.")
+        case = nodes_to_case(volumeNode, segmentationNode)
+        if not case.structures:
+            raise ValueError(f"Segmentation '{segmentationNode.GetName()}' has no non-empty segment.")
+        with job_folder("AutoSegment-qa-") as folder:
+            write_case(case, folder / "case")
+            output = folder / "qa"
+            job = startJob("segment", "qa", str(folder / "case"), "-o", str(output), temporary=[folder])
+            return job, lambda: self.loadContourQa(output, segmentationNode.GetName(), tableNode)
 
     def startComparison(self, volumeNode, predictedNode, referenceNode, tolerance: float = 2.0, tableNode=None):
         """Start ``rtrai evaluate segmentation`` of two segmentations, both put on the volume's grid; returns the job
         and a function that loads the metrics (one row per structure in both) into a table node."""
-        from rtrai.core.jobs import Job, job_folder
+        from rtrai.core.jobs import job_folder
         from rtrai.io.segfile import write_segmentation
         from rtrai.mrml import nodes_to_case
 
@@ -273,9 +259,9 @@ class AutoSegmentLogic(ScriptedLoadableModuleLogic):
             for case, name in ((predicted, "predicted"), (reference, "reference")):
                 write_segmentation(case.structures, folder / f"{name}.seg.nrrd", case.colors, case.ct)
             output = folder / "metrics"
-            job = Job.rtrai("evaluate", "segmentation", "--pred", str(folder / "predicted.seg.nrrd"), "--ref",
-                            str(folder / "reference.seg.nrrd"), "--tolerance", f"{float(tolerance):g}", "-o",
-                            str(output), env=self.jobEnvironment(), temporary=[folder]).start()
+            job = startJob("evaluate", "segmentation", "--pred", str(folder / "predicted.seg.nrrd"), "--ref",
+                           str(folder / "reference.seg.nrrd"), "--tolerance", f"{float(tolerance):g}", "-o",
+                           str(output), temporary=[folder])
             name = f"{predictedNode.GetName()} vs {referenceNode.GetName()}"
             return job, lambda: self.loadMetrics(output / "metrics.csv", name, tableNode)
 
@@ -299,16 +285,7 @@ class AutoSegmentLogic(ScriptedLoadableModuleLogic):
                 f"{frame['surface_dsc'].mean():.3f} (table '{tableNode.GetName()}').")
 
 
-class AutoSegmentTest(ScriptedLoadableModuleTest):
-    def setUp(self):
-        slicer.mrmlScene.Clear()
-
-    def runTest(self):
-        self.setUp()
-        self.test_panel_lists_the_zoo_models_and_binds_the_device()
-        self.setUp()
-        self.test_segment_and_compare_the_phantom()
-
+class AutoSegmentTest(ModuleTest, ScriptedLoadableModuleTest):
     def test_panel_lists_the_zoo_models_and_binds_the_device(self):
         self.delayDisplay("AutoSegment panel")
         slicer.util.selectModule("AutoSegment")
@@ -326,16 +303,12 @@ class AutoSegmentTest(ScriptedLoadableModuleTest):
         self.assertTrue(parameterNode.mirror)
         parameterNode.mirror = False
         self.assertFalse(widget.ui.segmentButton.enabled)  # no input volume in an empty scene
+        self.assertEqual(AutoSegmentLogic.modelArgument("hn-oar-ct"), "hn-oar-ct")
+        folder = Path(slicer.app.temporaryPath)
+        self.assertEqual(AutoSegmentLogic.modelArgument(str(folder)), str(folder.resolve()))  # a folder is taken
+        with self.assertRaises(ValueError):
+            AutoSegmentLogic.modelArgument(str(folder / "no-such-model"))
         self.delayDisplay("Test passed")
-
-    def _wait(self, job, seconds=900):
-        import time
-
-        deadline = time.time() + seconds
-        while not job.poll().finished and time.time() < deadline:
-            slicer.app.processEvents()
-            time.sleep(0.2)
-        self.assertEqual(job.state, "succeeded", job.last_error)
 
     def test_segment_and_compare_the_phantom(self):
         """The shipped model on the built-in phantom through the background job; then its metrics against the
@@ -352,8 +325,8 @@ class AutoSegmentTest(ScriptedLoadableModuleTest):
         nodes = case_to_scene(make_phantom(seed=0, size=(80, 80, 64), spacing=(3.5, 3.5, 2.5)), slicer.mrmlScene)
         logic = AutoSegmentLogic()
         job, finish = logic.startSegmentation(nodes["ct"], "hn-oar-ct", "cpu")
-        self._wait(job)
-        predicted = finish()
+        self.waitForJob(job)
+        predicted = finish()["segmentation"]
         labels = read_manifest("hn-oar-ct")["labels"]
         segmentation = predicted.GetSegmentation()
         names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
@@ -361,7 +334,7 @@ class AutoSegmentTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Comparing with the phantom's structures")
         job, finish = logic.startComparison(nodes["ct"], predicted, nodes["structures"], 2.0)
-        self._wait(job)
+        self.waitForJob(job)
         metrics = node_to_table(finish())
         self.assertEqual(sorted(metrics["structure"]), sorted(set(names) & set(labels)))
         self.assertTrue(((metrics["dsc"] >= 0) & (metrics["dsc"] <= 1)).all())

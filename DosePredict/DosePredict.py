@@ -4,54 +4,58 @@
 prescriptions, in a background process (:mod:`rtrai.core.jobs`) polled from a QTimer on the main thread, with
 progress and Cancel. The result is a dose volume SlicerRT takes as its own (isodose colours, Gy unit on its study),
 followed by its DVH (``rtrai dvh``: plot chart and metrics table). "Gamma" runs ``rtrai gamma`` between a reference
-and an evaluated dose and loads the gamma map as a volume. MRML is touched on the main thread only; the file exchange
-with the jobs is in :mod:`rtrai.mrml.exchange` and :mod:`rtrai.mrml.plots`.
+and an evaluated dose and loads the gamma map as a volume. "Plan" runs ``rtrai plan`` (an IMRT fluence plan whose dose
+mimics a given or predicted dose) and loads the plan dose as a dose volume; "QA" runs ``rtrai dose qa`` (a plan's
+dose against the predicted achievable dose) and loads qa.csv as a table. The jobs run in the background through
+:class:`RTRadiomicsAILib.jobs.BackgroundJobPanel`; MRML is touched on the main thread only; the file exchange with
+the jobs is in :mod:`rtrai.mrml.exchange` and :mod:`rtrai.mrml.plots`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated
 
-import qt
 import slicer
-import vtk
+from RTRadiomicsAILib import results
+from RTRadiomicsAILib.jobs import startJob
+from RTRadiomicsAILib.settings import DEVICES
+from RTRadiomicsAILib.template import ModuleTest, ModuleWidget, describeModule, zooModels
 from slicer import vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.util import VTKObservationMixin
 
-DEVICES = ("auto", "cpu", "cuda")
-# Settings of the RTRadiomicsAI hub, published in this process's environment; passed on to the background jobs.
-SETTINGS_VARIABLES = ("RTRAI_DEVICE", "RTRAI_MODEL_CACHE")
 NO_MODEL_MESSAGE = ("No dose model is installed in the RTRadiomicsAI model zoo yet (hn-dose-openkbp is being "
                     "trained). Type the path of a model folder in 'Model' to use one.")
 
 
 class DosePredict(ScriptedLoadableModule):
     def __init__(self, parent):
-        ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "DosePredict"
-        self.parent.categories = ["Radiotherapy"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["RTRadiomicsAI contributors"]
-        self.parent.helpText = (
-            "Predicts the 3D dose of a head-and-neck plan from the CT, the structures and the targets with their "
-            "prescriptions (a deep-learning model of the RTRadiomicsAI model zoo), as a dose volume SlicerRT's "
-            "Isodose and Dose Volume Histogram modules take as their own. Also DVH (plot and metrics) of any dose "
-            "and the 3D gamma index between two doses, with the gamma map as a volume. Work runs in a background "
-            "process; the same steps are `rtrai dose predict`, `rtrai dvh` and `rtrai gamma`.")
-        self.parent.acknowledgementText = "Dose prediction trained on OpenKBP (Babier et al., Med. Phys. 2021)."
+        describeModule(self, parent, "DosePredict", ["Radiotherapy"], HELP, ACKNOWLEDGEMENT)
+
+
+# The module's entry in Slicer's help panel.
+HELP = """
+Predicts the 3D dose of a head-and-neck plan from the CT, the structures and the targets with their prescriptions
+(a deep-learning model of the RTRadiomicsAI model zoo), as a dose volume SlicerRT's Isodose and Dose Volume Histogram
+modules take as their own. Also the DVH (plot and metrics) of any dose and the 3D gamma index between two doses, with
+the gamma map as a volume. <b>Plan</b> makes a photon IMRT fluence plan whose dose mimics a given or the predicted dose
+and loads the plan dose; <b>QA</b> checks a plan's dose against the predicted achievable dose (a flag where an OAR is
+above it or a target's coverage below it by more than the margin).
+Work runs in a background process; the same steps are <code>rtrai dose predict</code>, <code>rtrai dvh</code>,
+<code>rtrai gamma</code>, <code>rtrai plan</code> and <code>rtrai dose qa</code>."""
+ACKNOWLEDGEMENT = """Dose prediction trained on OpenKBP (Babier et al., Med. Phys. 2021)."""
 
 
 @parameterNodeWrapper
 class DosePredictParameterNode:
     """ct, structures, targets ("PTV70=70, PTV56=56": segment=Gy), device ("auto": the hub's setting) and
     predictedDose (a new volume when none) for Predict; dvhDose, dvhChart, dvhMetrics for the DVH; referenceDose,
-    evaluatedDose, doseDifference (%), distanceToAgreement (mm) and gammaMap for the gamma index. The model is chosen
-    in a combo box filled from the model zoo at run time."""
+    evaluatedDose, doseDifference (%), distanceToAgreement (mm) and gammaMap for the gamma index; planSourceDose
+    (the dose to mimic; none: predicted with the model), planDose and planComparison for Plan; qaPlanDose,
+    qaPredictedDose (none: predicted by the command), marginGy and qaTable for QA. The model is chosen in a combo box
+    filled from the model zoo at run time."""
 
     ct: vtkMRMLScalarVolumeNode
     structures: vtkMRMLSegmentationNode
@@ -66,95 +70,34 @@ class DosePredictParameterNode:
     doseDifference: Annotated[float, WithinRange(0.1, 20.0), Default(3.0)]
     distanceToAgreement: Annotated[float, WithinRange(0.1, 20.0), Default(3.0)]
     gammaMap: vtkMRMLScalarVolumeNode
+    planSourceDose: vtkMRMLScalarVolumeNode
+    planDose: vtkMRMLScalarVolumeNode
+    planComparison: vtkMRMLTableNode
+    qaPlanDose: vtkMRMLScalarVolumeNode
+    qaPredictedDose: vtkMRMLScalarVolumeNode
+    marginGy: Annotated[float, WithinRange(0.0, 20.0), Default(3.0)]
+    qaTable: vtkMRMLTableNode
 
 
-class DosePredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class DosePredictWidget(ModuleWidget, ScriptedLoadableModuleWidget):
+    UI_FILE = "UI/DosePredict.ui"
+    DEFAULT_INPUTS = {"ct": "vtkMRMLScalarVolumeNode", "structures": "vtkMRMLSegmentationNode"}
+    MODEL_TASK = "dose"
+
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._job = None
-        self._onFinished = None
         self._structuresID = None  # the segmentation the targets text was last filled for
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.timeout.connect(self._poll)
+        ModuleWidget.__init__(self, parent)
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DosePredict.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = DosePredictLogic()
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.predictButton.connect("clicked(bool)", self.onPredict)
-        self.ui.targetsFromNamesButton.connect("clicked(bool)", self.onTargetsFromNames)
-        self.ui.dvhButton.connect("clicked(bool)", self.onDvh)
-        self.ui.gammaButton.connect("clicked(bool)", self.onGamma)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
-        self.ui.modelComboBox.connect("editTextChanged(QString)", lambda text: self._updateButtons())
-        self.fillModels()
-        self.initializeParameterNode()
+    def createLogic(self):
+        return DosePredictLogic()
 
-    def cleanup(self) -> None:
-        if self._job is not None:
-            self._job.remove_temporary()  # stops it and removes its patient data
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.fillModels()  # the dose model being trained appears here once it is in the zoo
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        self._disconnectParameterNode()
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def fillModels(self) -> None:
-        """Filled by hand: parameter binding of a combo box needs its choices when the class is defined, the zoo may
-        change while Slicer runs, and the combo box is editable (a model folder may be typed in)."""
-        current = self.ui.modelComboBox.currentText
-        self.ui.modelComboBox.clear()
-        models = self.logic.doseModels()
-        for name in models:
-            self.ui.modelComboBox.addItem(name)
-        self.ui.modelComboBox.setEditText(current if current else (models[0] if models else ""))
+    def fillModels(self) -> list:
+        models = ModuleWidget.fillModels(self)
         self.ui.modelStatusLabel.text = "" if models else NO_MODEL_MESSAGE
-        self._updateButtons()
+        return models
 
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        p = self._parameterNode
-        if not p.ct:
-            p.ct = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        if not p.structures:
-            p.structures = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        self._disconnectParameterNode()
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._onParameterNodeModified()
-
-    def _disconnectParameterNode(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-
-    def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        p = self._parameterNode
+    def updateButtons(self) -> None:
+        p, idle = self.parameterNode, self.idle
         structuresID = p.structures.GetID() if p and p.structures else None
         if structuresID != self._structuresID:
             # Another segmentation: fill the targets from its names (PTV70 -> 70 Gy; the user may change them), but
@@ -163,104 +106,86 @@ class DosePredictWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._structuresID = structuresID
             if refill:
                 self.onTargetsFromNames()
-        self._updateButtons()
-
-    def _updateButtons(self) -> None:
-        p, idle = self._parameterNode, self._job is None
         hasModel = bool(self.ui.modelComboBox.currentText.strip())
-        self.ui.predictButton.enabled = bool(idle and p and p.ct and p.structures and hasModel)
+        hasCase = bool(idle and p and p.ct and p.structures)
+        self.ui.predictButton.enabled = hasCase and hasModel
         self.ui.predictButton.toolTip = ("Predict the dose in a background process." if hasModel
                                          else NO_MODEL_MESSAGE)
         self.ui.dvhButton.enabled = bool(idle and p and p.dvhDose and p.structures)
         self.ui.gammaButton.enabled = bool(idle and p and p.referenceDose and p.evaluatedDose)
+        self.ui.planButton.enabled = bool(hasCase and (p.planSourceDose or hasModel))
+        self.ui.qaButton.enabled = bool(hasCase and p.qaPlanDose)
 
     def onTargetsFromNames(self) -> None:
         from rtrai.mrml import guess_targets, prescription_text, segment_names
 
-        p = self._parameterNode
+        p = self.parameterNode
         if p and p.structures:
             text = prescription_text(guess_targets(segment_names(p.structures)))
             if text != p.targets:
                 p.targets = text
 
-    # -- background jobs ---------------------------------------------------------------------------------------
-    def _start(self, job, onFinished) -> None:
-        self._job, self._onFinished = job, onFinished
-        self.ui.progressBar.value = 0
-        self.ui.cancelButton.enabled = True
-        self._updateButtons()
-        self._timer.start()
-
-    def _poll(self) -> None:
-        update = self._job.poll()
-        self.ui.progressBar.value = int(round(100 * update.fraction))
-        if update.message:
-            self.ui.statusLabel.text = update.message
-        if not update.finished:
-            return
-        self._timer.stop()
-        job, onFinished = self._job, self._onFinished
-        self._job = self._onFinished = None
-        self.ui.cancelButton.enabled = False
-        self._updateButtons()
-        try:
-            if update.state == "succeeded":
-                with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
-                    onFinished()
-            elif update.state == "cancelled":
-                self.ui.statusLabel.text = "Cancelled."
-            else:
-                self.ui.statusLabel.text = job.last_error or "The background process failed."
-                slicer.util.errorDisplay(self.ui.statusLabel.text, detailedText="\n".join(job.log[-50:]))
-        finally:
-            job.remove_temporary()  # the exported patient data and the loaded results
-
-    def onCancel(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
-
     # -- panels ------------------------------------------------------------------------------------------------
     def onPredict(self) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not start the dose prediction.", waitCursor=True):
-            job, finish = self.logic.startPrediction(p.ct, p.structures, p.targets, self.ui.modelComboBox.currentText,
-                                                     p.device, p.predictedDose)
+        p = self.parameterNode
 
-            def done():
-                dose = finish()
-                p.predictedDose = p.dvhDose = p.evaluatedDose = dose
-                slicer.util.setSliceViewerLayers(background=p.ct, foreground=dose, foregroundOpacity=0.4)
-                self.ui.statusLabel.text = f"Predicted dose in '{dose.GetName()}'; computing its DVH..."
-                self.onDvh()  # the DVH belongs with every prediction
+        def show(dose):
+            p.predictedDose = p.dvhDose = p.evaluatedDose = dose
+            slicer.util.setSliceViewerLayers(background=p.ct, foreground=dose, foregroundOpacity=0.4)
+            self.ui.statusLabel.text = f"Predicted dose in '{dose.GetName()}'; computing its DVH..."
+            self.onDvh()  # the DVH belongs with every prediction
 
-            self._start(job, done)
+        self.jobs.run("the dose prediction", lambda: self.logic.startPrediction(
+            p.ct, p.structures, p.targets, self.ui.modelComboBox.currentText, p.device, p.predictedDose), show)
 
     def onDvh(self) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not start the DVH.", waitCursor=True):
-            job, finish = self.logic.startDvh(p.dvhDose, p.structures, p.ct, p.dvhChart, p.dvhMetrics)
+        p = self.parameterNode
 
-            def done():
-                p.dvhChart, p.dvhMetrics = finish()
-                slicer.modules.plots.logic().ShowChartInLayout(p.dvhChart)
-                self.ui.dvhTableView.setMRMLTableNode(p.dvhMetrics)
-                self.ui.statusLabel.text = f"DVH of '{p.dvhDose.GetName()}' in '{p.dvhChart.GetName()}'."
+        def show(loaded):
+            p.dvhChart, p.dvhMetrics = loaded
+            slicer.modules.plots.logic().ShowChartInLayout(p.dvhChart)
+            self.ui.dvhTableView.setMRMLTableNode(p.dvhMetrics)
+            self.ui.statusLabel.text = f"DVH of '{p.dvhDose.GetName()}' in '{p.dvhChart.GetName()}'."
 
-            self._start(job, done)
+        self.jobs.run("the DVH", lambda: self.logic.startDvh(p.dvhDose, p.structures, p.ct, p.dvhChart, p.dvhMetrics),
+                      show)
 
     def onGamma(self) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not start the gamma index.", waitCursor=True):
-            job, finish = self.logic.startGamma(p.referenceDose, p.evaluatedDose, p.doseDifference,
-                                                p.distanceToAgreement, p.gammaMap)
+        p = self.parameterNode
 
-            def done():
-                p.gammaMap, summary = finish()
-                slicer.util.setSliceViewerLayers(foreground=p.gammaMap, foregroundOpacity=0.6)
-                self.ui.gammaResultLabel.text = self.logic.describeGamma(summary)
-                self.ui.statusLabel.text = f"Gamma map in '{p.gammaMap.GetName()}'."
+        def show(loaded):
+            p.gammaMap, summary = loaded
+            slicer.util.setSliceViewerLayers(foreground=p.gammaMap, foregroundOpacity=0.6)
+            self.ui.gammaResultLabel.text = self.logic.describeGamma(summary)
+            self.ui.statusLabel.text = f"Gamma map in '{p.gammaMap.GetName()}'."
 
-            self._start(job, done)
+        self.jobs.run("the gamma index", lambda: self.logic.startGamma(
+            p.referenceDose, p.evaluatedDose, p.doseDifference, p.distanceToAgreement, p.gammaMap), show)
+
+    def onPlan(self) -> None:
+        p = self.parameterNode
+
+        def show(loaded):
+            p.planDose, p.planComparison = loaded
+            p.qaPlanDose = p.dvhDose = p.evaluatedDose = p.planDose
+            slicer.util.setSliceViewerLayers(background=p.ct, foreground=p.planDose, foregroundOpacity=0.4)
+            self.ui.planTableView.setMRMLTableNode(p.planComparison)
+            self.ui.statusLabel.text = f"Plan dose in '{p.planDose.GetName()}'."
+
+        self.jobs.run("the planning", lambda: self.logic.startPlan(
+            p.ct, p.structures, p.targets, p.planSourceDose, self.ui.modelComboBox.currentText, p.planDose,
+            p.planComparison), show)
+
+    def onQa(self) -> None:
+        p = self.parameterNode
+
+        def show(loaded):
+            p.qaTable, verdict = loaded
+            self.ui.qaTableView.setMRMLTableNode(p.qaTable)
+            self.ui.qaResultLabel.text = self.ui.statusLabel.text = verdict
+
+        self.jobs.run("the plan QA", lambda: self.logic.startQa(
+            p.ct, p.structures, p.targets, p.qaPlanDose, p.qaPredictedDose, p.marginGy, p.qaTable), show)
 
 
 class DosePredictLogic(ScriptedLoadableModuleLogic):
@@ -268,20 +193,6 @@ class DosePredictLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return DosePredictParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def doseModels() -> list:
-        from rtrai.models import list_models
-
-        return [m["name"] for m in list_models() if m.get("task") == "dose"]
-
-    @staticmethod
-    def jobEnvironment() -> dict:
-        """Slicer's startup environment (without the launcher's settings for the application) plus the hub's
-        settings (device, model folder)."""
-        env = dict(slicer.util.startupEnvironment()) if hasattr(slicer.util, "startupEnvironment") else dict(os.environ)
-        env.update({name: os.environ[name] for name in SETTINGS_VARIABLES if name in os.environ})
-        return env
 
     @staticmethod
     def targetsOf(segmentationNode, text: str) -> dict:
@@ -294,11 +205,15 @@ class DosePredictLogic(ScriptedLoadableModuleLogic):
                              "segment name carries a dose level to take them from).")
         return targets
 
+    @staticmethod
+    def doseModels() -> list:
+        return zooModels("dose")
+
     def startPrediction(self, ctNode, segmentationNode, targetsText: str, model: str, device: str = "auto",
                         doseNode=None):
         """Start ``rtrai dose predict``; returns the job and a function that loads the dose as a SlicerRT dose volume
         (``doseNode``, or a new one named after the CT)."""
-        from rtrai.core.jobs import Job, job_folder
+        from rtrai.core.jobs import job_folder
         from rtrai.io.case_io import write_case
         from rtrai.mrml import load_dose_file, nodes_to_case, prescription_text
 
@@ -310,9 +225,9 @@ class DosePredictLogic(ScriptedLoadableModuleLogic):
         with job_folder("DosePredict-") as folder:
             write_case(case, folder / "case")
             output = folder / "prediction"
-            job = Job.rtrai("dose", "predict", str(folder / "case"), "-o", str(output), "--model", model.strip(),
-                            "--device", device, "--prescription", prescription_text(case.prescription),
-                            env=self.jobEnvironment(), temporary=[folder]).start()
+            job = startJob("dose", "predict", str(folder / "case"), "-o", str(output), "--model", model.strip(),
+                           "--device", device, "--prescription", prescription_text(case.prescription),
+                           temporary=[folder])
             return job, lambda: load_dose_file(output / "Dose.nrrd", slicer.mrmlScene,
                                                f"{ctNode.GetName()} predicted dose", reference_node=ctNode,
                                                node=doseNode)
@@ -322,7 +237,7 @@ class DosePredictLogic(ScriptedLoadableModuleLogic):
         job and a function that loads the plot chart and the metrics table."""
         import pandas as pd
 
-        from rtrai.core.jobs import Job, job_folder
+        from rtrai.core.jobs import job_folder
         from rtrai.io.images import write_image
         from rtrai.io.segfile import write_segmentation
         from rtrai.mrml import dose_node_in_gy, dvh_chart, dvh_metrics_table, nodes_to_case
@@ -336,9 +251,8 @@ class DosePredictLogic(ScriptedLoadableModuleLogic):
                 raise ValueError(f"Segmentation '{segmentationNode.GetName()}' has no non-empty segment.")
             write_segmentation(case.structures, folder / "Structures.seg.nrrd", case.colors, case.ct)
             output = folder / "dvh"
-            job = Job.rtrai("dvh", "--dose", str(folder / "Dose.nrrd"), "--structures",
-                            str(folder / "Structures.seg.nrrd"), "-o", str(output), env=self.jobEnvironment(),
-                            temporary=[folder]).start()
+            job = startJob("dvh", "--dose", str(folder / "Dose.nrrd"), "--structures",
+                           str(folder / "Structures.seg.nrrd"), "-o", str(output), temporary=[folder])
             name = f"{doseNode.GetName()} DVH"
 
             def finish():
@@ -353,7 +267,7 @@ class DosePredictLogic(ScriptedLoadableModuleLogic):
                    gammaNode=None):
         """Start ``rtrai gamma`` (global, 10 % cut-off); returns the job and a function that loads the gamma map (on
         the reference grid) and returns it with the summary of gamma.json (pass rate...)."""
-        from rtrai.core.jobs import Job, job_folder
+        from rtrai.core.jobs import job_folder
         from rtrai.io.images import write_image
         from rtrai.mrml import dose_node_in_gy, load_gamma_map
 
@@ -363,15 +277,87 @@ class DosePredictLogic(ScriptedLoadableModuleLogic):
             write_image(dose_node_in_gy(referenceNode), folder / "reference.nrrd")
             write_image(dose_node_in_gy(evaluatedNode), folder / "evaluated.nrrd")
             output = folder / "gamma"
-            job = Job.rtrai("gamma", "--reference", str(folder / "reference.nrrd"), "--evaluated",
-                            str(folder / "evaluated.nrrd"), "--dd", f"{float(doseDifference):g}", "--dta",
-                            f"{float(distanceToAgreement):g}", "-o", str(output), env=self.jobEnvironment(),
-                            temporary=[folder]).start()
+            job = startJob("gamma", "--reference", str(folder / "reference.nrrd"), "--evaluated",
+                           str(folder / "evaluated.nrrd"), "--dd", f"{float(doseDifference):g}", "--dta",
+                           f"{float(distanceToAgreement):g}", "-o", str(output), temporary=[folder])
             name = f"gamma {doseDifference:g}%-{distanceToAgreement:g}mm {evaluatedNode.GetName()}"
 
             def finish():
                 node = load_gamma_map(output / "gamma.nrrd", slicer.mrmlScene, name, node=gammaNode)
                 return node, json.loads((output / "gamma.json").read_text(encoding="utf-8"))
+
+            return job, finish
+
+    def _writePlanningCase(self, folder, ctNode, segmentationNode, targetsText: str):
+        """The case the planning commands read (CT, structures, targets at their prescriptions) in ``folder``/case."""
+        from rtrai.io.case_io import write_case
+        from rtrai.mrml import nodes_to_case
+
+        if ctNode is None or segmentationNode is None:
+            raise ValueError("Select a CT and its segmentation.")
+        case = nodes_to_case(ctNode, segmentationNode, targets=self.targetsOf(segmentationNode, targetsText))
+        write_case(case, folder / "case")
+        return folder / "case"
+
+    def startPlan(self, ctNode, segmentationNode, targetsText: str, sourceDoseNode=None, model: str = "",
+                  planDoseNode=None, comparisonNode=None):
+        """Start ``rtrai plan`` mimicking ``sourceDoseNode`` (``--dose``), or the dose the model predicts
+        (``--predict --model``) when there is none; returns the job and a function that loads OUT/PlanDose.nrrd as a
+        SlicerRT dose volume and OUT/dvh_comparison.csv as a table node."""
+        from rtrai.core.jobs import job_folder
+        from rtrai.io.images import write_image
+        from rtrai.mrml import dose_node_in_gy, load_dose_file
+
+        if sourceDoseNode is None and not model.strip():
+            raise ValueError("Select the dose to mimic, or a dose model to predict it with. " + NO_MODEL_MESSAGE)
+        with job_folder("DosePredict-plan-") as folder:
+            case = self._writePlanningCase(folder, ctNode, segmentationNode, targetsText)
+            if sourceDoseNode is not None:
+                write_image(dose_node_in_gy(sourceDoseNode), folder / "mimic.nrrd")
+                source = ["--dose", str(folder / "mimic.nrrd")]
+            else:
+                source = ["--predict", "--model", model.strip()]
+            output = folder / "plan"
+            job = startJob("plan", str(case), "-o", str(output), *source, temporary=[folder])
+            name = f"{ctNode.GetName()} plan"
+
+            def finish():
+                dose = load_dose_file(output / "PlanDose.nrrd", slicer.mrmlScene, f"{name} dose", reference_node=ctNode,
+                                      node=planDoseNode)
+                table = results.loadCsvTable(output / "dvh_comparison.csv", slicer.mrmlScene, f"{name} DVH comparison",
+                                             comparisonNode)
+                return dose, table
+
+            return job, finish
+
+    def startQa(self, ctNode, segmentationNode, targetsText: str, planDoseNode, predictedDoseNode=None,
+                marginGy: float = 3.0, tableNode=None):
+        """Start ``rtrai dose qa`` of the plan dose against ``predictedDoseNode`` (``--predicted``; predicted by the
+        command when there is none); returns the job and a function that loads OUT/qa.csv as a table node and returns
+        it with the command's one-line verdict."""
+        import pandas as pd
+
+        from rtrai.core.jobs import job_folder
+        from rtrai.io.images import write_image
+        from rtrai.mrml import dose_node_in_gy
+
+        if planDoseNode is None:
+            raise ValueError("Select the plan dose to check.")
+        with job_folder("DosePredict-qa-") as folder:
+            case = self._writePlanningCase(folder, ctNode, segmentationNode, targetsText)
+            write_image(dose_node_in_gy(planDoseNode), folder / "plan.nrrd")
+            predicted = []
+            if predictedDoseNode is not None:
+                write_image(dose_node_in_gy(predictedDoseNode), folder / "predicted.nrrd")
+                predicted = ["--predicted", str(folder / "predicted.nrrd")]
+            output = folder / "qa"
+            job = startJob("dose", "qa", str(case), "--plan-dose", str(folder / "plan.nrrd"), *predicted,
+                           "--margin-gy", f"{float(marginGy):g}", "-o", str(output), temporary=[folder])
+
+            def finish():
+                table = results.loadCsvTable(output / "qa.csv", slicer.mrmlScene, f"{planDoseNode.GetName()} QA",
+                                             tableNode)
+                return table, results.describePlanQa(pd.read_csv(output / "qa.csv"))
 
             return job, finish
 
@@ -383,32 +369,12 @@ class DosePredictLogic(ScriptedLoadableModuleLogic):
                 f"voxels, mean gamma {summary['mean_gamma']:.3f}.")
 
 
-class DosePredictTest(ScriptedLoadableModuleTest):
-    def setUp(self):
-        slicer.mrmlScene.Clear()
-
-    def runTest(self):
-        self.setUp()
-        self.test_panel_lists_dose_models_and_guesses_targets()
-        self.setUp()
-        self.test_dvh_and_gamma_of_the_phantom_dose()
-        self.setUp()
-        self.test_prediction_when_a_dose_model_is_installed()
-
+class DosePredictTest(ModuleTest, ScriptedLoadableModuleTest):
     def _phantom(self):
         from rtrai.mrml import case_to_scene
         from rtrai.phantom import make_phantom
 
         return case_to_scene(make_phantom(seed=0, size=(64, 64, 48), spacing=(7.0, 7.0, 5.0)), slicer.mrmlScene)
-
-    def _wait(self, job, seconds=900):
-        import time
-
-        deadline = time.time() + seconds
-        while not job.poll().finished and time.time() < deadline:
-            slicer.app.processEvents()
-            time.sleep(0.2)
-        self.assertEqual(job.state, "succeeded", job.last_error)
 
     def test_panel_lists_dose_models_and_guesses_targets(self):
         self.delayDisplay("DosePredict panel")
@@ -443,7 +409,7 @@ class DosePredictTest(ScriptedLoadableModuleTest):
         self.assertTrue(is_dose_volume(nodes["dose"]))
         logic = DosePredictLogic()
         job, finish = logic.startDvh(nodes["dose"], nodes["structures"], nodes["ct"])
-        self._wait(job)
+        self.waitForJob(job)
         chart, table = finish()
         segments = nodes["structures"].GetSegmentation().GetNumberOfSegments()
         self.assertEqual(chart.GetNumberOfPlotSeriesNodes(), segments)
@@ -452,7 +418,7 @@ class DosePredictTest(ScriptedLoadableModuleTest):
         self.assertLess(metrics.loc["SpinalCord", "Dmax"], 30.0)
 
         job, finish = logic.startGamma(nodes["dose"], nodes["dose"], 3.0, 3.0)
-        self._wait(job)
+        self.waitForJob(job)
         gamma, summary = finish()
         self.assertEqual(summary["pass_rate_pct"], 100.0)  # a dose against itself
         self.assertEqual(gamma.GetImageData().GetDimensions(), nodes["dose"].GetImageData().GetDimensions())
@@ -474,7 +440,7 @@ class DosePredictTest(ScriptedLoadableModuleTest):
 
         nodes = case_to_scene(make_phantom(seed=0), slicer.mrmlScene)  # OpenKBP's grid, as the models were trained
         job, finish = DosePredictLogic().startPrediction(nodes["ct"], nodes["structures"], "", models[0], "cpu")
-        self._wait(job)
+        self.waitForJob(job)
         dose = finish()
         self.assertTrue(is_dose_volume(dose))
         self.assertGreater(slicer.util.arrayFromVolume(dose).max(), 40.0)  # a 70 Gy plan, not an empty volume

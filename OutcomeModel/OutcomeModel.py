@@ -1,14 +1,15 @@
 """OutcomeModel: radiomics features of segments (pyradiomics, presets CT/MR/dose) into a table, and outcome models
 fitted and evaluated on a feature table joined with a clinical table.
 
-Long work runs ``rtrai radiomics`` / ``rtrai outcome`` in a background process (:mod:`rtrai.core.jobs`), polled from
-a QTimer on the main thread, with progress and Cancel; MRML is touched on the main thread only.
+Long work runs ``rtrai radiomics`` / ``rtrai outcome`` in a background process through
+:class:`RTRadiomicsAILib.jobs.BackgroundJobPanel` (progress, Cancel); MRML is touched on the main thread only. The
+Grad-CAM maps of a CNN outcome model's evaluation (``rtrai outcome cnn evaluate --gradcam``: ``gradcam/<ID>.nrrd``)
+are loaded as volumes.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import tempfile
 from pathlib import Path
@@ -17,14 +18,14 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
+from RTRadiomicsAILib import results
+from RTRadiomicsAILib.jobs import startJob
+from RTRadiomicsAILib.template import ModuleTest, ModuleWidget, describeModule
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, Default, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.util import VTKObservationMixin
 
-# Settings of the RTRadiomicsAI hub, published in this process's environment; passed on to the background jobs.
-SETTINGS_VARIABLES = ("RTRAI_DEVICE", "RTRAI_MODEL_CACHE")
 PRESETS = ("CT", "MR", "dose", "parameter file")
 MODELS = ("default", "lasso-cox", "cox", "lasso-logistic", "svm", "rf", "mlp")
 
@@ -37,17 +38,16 @@ def _chosen(path) -> str:
 
 class OutcomeModel(ScriptedLoadableModule):
     def __init__(self, parent):
-        ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "OutcomeModel"
-        self.parent.categories = ["Radiotherapy"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["RTRadiomicsAI contributors"]
-        self.parent.helpText = (
-            "Radiomics features (pyradiomics, identical values) of segments into a table, and outcome models "
-            "(LASSO-Cox, Cox, classifiers) fitted and validated on feature + clinical tables. "
-            "Work runs in a background process; the same steps are available as `rtrai radiomics` and "
-            "`rtrai outcome`.")
-        self.parent.acknowledgementText = "Features computed with pyradiomics (van Griethuysen et al., 2017)."
+        describeModule(self, parent, "OutcomeModel", ["Radiotherapy"], HELP, ACKNOWLEDGEMENT)
+
+
+# The module's entry in Slicer's help panel.
+HELP = """
+Radiomics features (pyradiomics, identical values) of segments into a table, and outcome models (LASSO-Cox, Cox,
+classifiers) fitted and validated on feature + clinical tables. The Grad-CAM maps of a CNN outcome model's evaluation
+(where on the dose or CT the network looked) load as volumes.
+Work runs in a background process; the same steps are <code>rtrai radiomics</code> and <code>rtrai outcome</code>."""
+ACKNOWLEDGEMENT = """Features computed with pyradiomics (van Griethuysen et al., 2017)."""
 
 
 @parameterNodeWrapper
@@ -67,142 +67,64 @@ class OutcomeModelParameterNode:
     labelColumn: str = ""
     modelKind: Annotated[str, Choice(MODELS), Default("default")]
     modelFolder: pathlib.Path
+    gradcamFolder: pathlib.Path  # an evaluation folder holding gradcam/<ID>.nrrd
 
 
-class OutcomeModelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._job = None
-        self._onFinished = None
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.timeout.connect(self._poll)
+class OutcomeModelWidget(ModuleWidget, ScriptedLoadableModuleWidget):
+    UI_FILE = "UI/OutcomeModel.ui"
+    DEFAULT_INPUTS = {"inputVolume": "vtkMRMLScalarVolumeNode", "inputSegmentation": "vtkMRMLSegmentationNode"}
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/OutcomeModel.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = OutcomeModelLogic()
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.extractButton.connect("clicked(bool)", self.onExtract)
-        self.ui.fitButton.connect("clicked(bool)", self.onFit)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+    def createLogic(self):
+        return OutcomeModelLogic()
+
+    def connectWidgets(self) -> None:
         self.ui.plotList.connect("itemDoubleClicked(QListWidgetItem*)",
                                  lambda item: qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(item.text())))
-        self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        if self._job is not None:
-            self._job.remove_temporary()  # stops it and removes its patient data
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        if not self._parameterNode.inputSegmentation:
-            self._parameterNode.inputSegmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-
-    # -- background jobs ---------------------------------------------------------------------------------------
-    def _start(self, job, onFinished) -> None:
-        self._job, self._onFinished = job, onFinished
-        self.ui.progressBar.value = 0
-        self.ui.cancelButton.enabled = True
-        self.ui.extractButton.enabled = self.ui.fitButton.enabled = False
-        self._timer.start()
-
-    def _poll(self) -> None:
-        update = self._job.poll()
-        self.ui.progressBar.value = int(round(100 * update.fraction))
-        if update.message:
-            self.ui.statusLabel.text = update.message
-        if not update.finished:
-            return
-        self._timer.stop()
-        job, onFinished = self._job, self._onFinished
-        self._job = self._onFinished = None
-        self.ui.cancelButton.enabled = False
-        self.ui.extractButton.enabled = self.ui.fitButton.enabled = True
-        try:
-            if update.state == "succeeded":
-                with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
-                    onFinished()
-            elif update.state == "cancelled":
-                self.ui.statusLabel.text = "Cancelled."
-            else:
-                self.ui.statusLabel.text = job.last_error or "The background process failed."
-                slicer.util.errorDisplay(self.ui.statusLabel.text, detailedText="\n".join(job.log[-50:]))
-        finally:
-            job.remove_temporary()  # exported images and masks (the fit's model folder is a result: it stays)
-
-    def onCancel(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
+    def updateButtons(self) -> None:
+        self.ui.extractButton.enabled = self.ui.fitButton.enabled = self.idle
 
     # -- panels ------------------------------------------------------------------------------------------------
     def onExtract(self) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not start the feature extraction.", waitCursor=True):
-            job, finish = self.logic.startRadiomics(
-                p.inputVolume, p.inputSegmentation, [s.strip() for s in p.segmentNames.split(",") if s.strip()],
-                p.preset, _chosen(p.paramsFile), p.jobs, p.featureTable)
+        p = self.parameterNode
 
-            def done():
-                p.featureTable = finish()
-                p.modelTable = p.featureTable
-                self.ui.statusLabel.text = f"Features of {p.featureTable.GetNumberOfRows()} segment(s) in " \
-                                           f"'{p.featureTable.GetName()}'."
+        def show(table):
+            p.featureTable = p.modelTable = table
+            self.ui.statusLabel.text = f"Features of {table.GetNumberOfRows()} segment(s) in '{table.GetName()}'."
 
-            self._start(job, done)
+        self.jobs.run("the feature extraction", lambda: self.logic.startRadiomics(
+            p.inputVolume, p.inputSegmentation, [s.strip() for s in p.segmentNames.split(",") if s.strip()], p.preset,
+            _chosen(p.paramsFile), p.jobs, p.featureTable), show)
 
     def onFit(self) -> None:
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not start the model fit.", waitCursor=True):
-            folder = Path(_chosen(p.modelFolder) or tempfile.mkdtemp(prefix="OutcomeModel-"))
-            fitJob = self.logic.startFit(p.modelTable, _chosen(p.clinicalFile), p.idColumn, p.timeColumn, p.eventColumn,
-                                         p.labelColumn, p.modelKind, folder)
+        p = self.parameterNode
+        folder = Path(_chosen(p.modelFolder) or tempfile.mkdtemp(prefix="OutcomeModel-"))
 
-            def evaluate():
-                self._start(self.logic.startEvaluate(folder), show)
+        def show(evaluation):
+            self.ui.metricsText.plainText = json.dumps(evaluation["metrics"], indent=2)
+            self.ui.plotList.clear()
+            for png in evaluation["plots"]:
+                self.ui.plotList.addItem(str(png))
+            maps = evaluation["gradcam"]
+            self.ui.statusLabel.text = f"Model and evaluation in {folder}" + (
+                f"; {len(maps)} Grad-CAM map(s) loaded" if maps else "")
 
-            def show():
-                metrics = json.loads((folder / "evaluation" / "metrics.json").read_text(encoding="utf-8"))
-                self.ui.metricsText.plainText = json.dumps(metrics, indent=2)
-                self.ui.plotList.clear()
-                for png in sorted((folder / "evaluation").glob("*.png")):
-                    self.ui.plotList.addItem(str(png))
-                self.ui.statusLabel.text = f"Model and evaluation in {folder}"
+        def evaluate(model):
+            self.jobs.run("the model evaluation", lambda: self.logic.startEvaluate(model), show)
 
-            self._start(fitJob, evaluate)
+        self.jobs.run("the model fit", lambda: self.logic.startFit(
+            p.modelTable, _chosen(p.clinicalFile), p.idColumn, p.timeColumn, p.eventColumn, p.labelColumn,
+            p.modelKind, folder), evaluate)
+
+    def onLoadGradcam(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not load the Grad-CAM maps.", waitCursor=True):
+            folder = _chosen(self.parameterNode.gradcamFolder)
+            maps = self.logic.loadGradcamMaps(folder) if folder else []
+            if not maps:
+                raise ValueError(f"No Grad-CAM map (gradcam/<ID>.nrrd) in '{folder}': choose the output folder of "
+                                 "rtrai outcome cnn evaluate --gradcam.")
+            slicer.util.setSliceViewerLayers(foreground=maps[0], foregroundOpacity=0.5)
+            self.ui.statusLabel.text = f"{len(maps)} Grad-CAM map(s) loaded: {', '.join(m.GetName() for m in maps)}."
 
 
 class OutcomeModelLogic(ScriptedLoadableModuleLogic):
@@ -212,12 +134,10 @@ class OutcomeModelLogic(ScriptedLoadableModuleLogic):
         return OutcomeModelParameterNode(super().getParameterNode())
 
     @staticmethod
-    def _environment() -> dict:
-        """Slicer's startup environment (without the launcher's settings for the application) plus the hub's
-        settings (device, model folder), as AutoSegment and DosePredict pass them."""
-        env = dict(slicer.util.startupEnvironment()) if hasattr(slicer.util, "startupEnvironment") else dict(os.environ)
-        env.update({name: os.environ[name] for name in SETTINGS_VARIABLES if name in os.environ})
-        return env
+    def loadGradcamMaps(folder) -> list:
+        """The Grad-CAM maps of an evaluation folder (``gradcam/<ID>.nrrd``, on each case's grid) as volumes named
+        "Grad-CAM <ID>" (none for a feature model's evaluation)."""
+        return results.loadHeatMaps(results.gradcamMaps(folder), slicer.mrmlScene, "Grad-CAM")
 
     def exportInputs(self, volumeNode, segmentationNode, segmentNames, folder: Path) -> Path:
         """Write the volume and one labelmap per segment, and a pyradiomics batch file listing them."""
@@ -251,7 +171,7 @@ class OutcomeModelLogic(ScriptedLoadableModuleLogic):
 
     def startRadiomics(self, volumeNode, segmentationNode, segmentNames, preset, paramsFile, jobs, tableNode=None):
         """Start ``rtrai radiomics --cohort``; returns the job and a function that loads the result table."""
-        from rtrai.core.jobs import Job, job_folder
+        from rtrai.core.jobs import job_folder
 
         if preset == "parameter file" and not paramsFile:
             raise ValueError("Choose a pyradiomics parameter file.")
@@ -260,7 +180,7 @@ class OutcomeModelLogic(ScriptedLoadableModuleLogic):
             output = folder / "features.csv"
             args = ["radiomics", "--cohort", str(batch), "--jobs", str(max(1, int(jobs))), "-o", str(output)]
             args += ["--params", paramsFile] if preset == "parameter file" else ["--preset", preset]
-            job = Job.rtrai(*args, env=self._environment(), temporary=[folder]).start()
+            job = startJob(*args, temporary=[folder])
             return job, lambda: self.loadTable(output, tableNode, f"{volumeNode.GetName()} features")
 
     @staticmethod
@@ -274,8 +194,8 @@ class OutcomeModelLogic(ScriptedLoadableModuleLogic):
 
     def startFit(self, tableNode, clinicalFile, idColumn, timeColumn, eventColumn, labelColumn, modelKind,
                  folder: Path):
-        """Start ``rtrai outcome fit`` on the table node (written to CSV) joined with the clinical CSV."""
-        from rtrai.core.jobs import Job
+        """Start ``rtrai outcome fit`` on the table node (written to CSV) joined with the clinical CSV into
+        ``folder``/model; returns the job and a function that returns the model folder."""
         from rtrai.mrml.tables import node_to_table
 
         if tableNode is None:
@@ -297,29 +217,27 @@ class OutcomeModelLogic(ScriptedLoadableModuleLogic):
         if modelKind and modelKind != "default":
             args += ["--model", modelKind]
         self._evaluationTable = table
-        return Job.rtrai(*args, env=self._environment()).start()
+        return startJob(*args), lambda: folder / "model"  # the model folder is a result: not temporary
 
-    def startEvaluate(self, folder: Path):
+    def startEvaluate(self, model: Path):
         """Start ``rtrai outcome evaluate`` of the fitted model on the same table (apparent performance; give an
-        external table on the command line for external validation)."""
-        from rtrai.core.jobs import Job
+        external table on the command line for external validation) into ``evaluation`` beside the model; returns
+        the job and a function that loads the evaluation (see :meth:`loadEvaluation`)."""
+        output = model.parent / "evaluation"
+        job = startJob("outcome", "evaluate", "--model", str(model), "--table", str(self._evaluationTable), "-o",
+                       str(output))
+        return job, lambda: self.loadEvaluation(output)
 
-        return Job.rtrai("outcome", "evaluate", "--model", str(folder / "model"), "--table",
-                         str(self._evaluationTable), "-o", str(folder / "evaluation"), env=self._environment()).start()
+    def loadEvaluation(self, folder: Path) -> dict:
+        """An evaluation folder: ``metrics`` (metrics.json), ``plots`` (its PNG files) and ``gradcam`` (a CNN
+        model's Grad-CAM maps as volumes)."""
+        return {"metrics": json.loads((folder / "metrics.json").read_text(encoding="utf-8")),
+                "plots": sorted(folder.glob("*.png")), "gradcam": self.loadGradcamMaps(folder)}
 
 
-class OutcomeModelTest(ScriptedLoadableModuleTest):
-    def setUp(self):
-        slicer.mrmlScene.Clear()
-
-    def runTest(self):
-        self.setUp()
-        self.test_radiomics_of_a_sphere()
-
+class OutcomeModelTest(ModuleTest, ScriptedLoadableModuleTest):
     def test_radiomics_of_a_sphere(self):
         """Features of a synthetic sphere segment through the background job land in a table node."""
-        import time
-
         import numpy as np
 
         self.delayDisplay("Radiomics of a synthetic sphere")
@@ -333,11 +251,7 @@ class OutcomeModelTest(ScriptedLoadableModuleTest):
         segmentation.GetSegmentation().GetNthSegment(0).SetName("Sphere")
         logic = OutcomeModelLogic()
         job, finish = logic.startRadiomics(volume, segmentation, ["Sphere"], "CT", "", 1)
-        deadline = time.time() + 300
-        while not job.poll().finished and time.time() < deadline:
-            slicer.app.processEvents()
-            time.sleep(0.2)
-        self.assertEqual(job.state, "succeeded", job.last_error)
+        self.waitForJob(job, 300)
         table = finish()
         self.assertEqual(table.GetNumberOfRows(), 1)
         column = table.GetTable().GetColumnByName("original_shape_VoxelVolume")

@@ -5,7 +5,9 @@ Slicer: it keeps the application-wide settings (compute device, model cache fold
 packages and installs the missing ones when the user asks, brings a case (OpenKBP folder, NRRD/NIfTI file, DICOM
 folder, or a case folder written by ``rtrai convert``) into the scene through ``rtrai.mrml``, and runs the workflow
 (load, AutoSegment, DosePredict, DVH, radiomics, outcome, report: ``rtrai.pipeline``) as ``rtrai run`` in a
-background process with progress and cancel, then loads its results into the scene (``rtrai.pipeline.load_results``).
+background process with progress and cancel (:class:`RTRadiomicsAILib.jobs.BackgroundJobPanel`, shared with the other
+modules), follows its steps from the structured step events the job reports (:mod:`RTRadiomicsAILib.workflow`), then
+loads its results into the scene (``rtrai.pipeline.load_results``).
 """
 
 import importlib
@@ -17,11 +19,9 @@ from typing import Annotated
 
 import qt
 import slicer
-import vtk
 from slicer.parameterNodeWrapper import Choice, Default, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.util import VTKObservationMixin
 
 # The library is installed next to this file (same qt-scripted-modules folder); when Slicer did not put that folder
 # on sys.path (a module path added by hand, a source checkout), add it, so `import rtrai` works everywhere.
@@ -31,38 +31,13 @@ except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import rtrai  # noqa: F401
 
-DEVICES = ("auto", "cpu", "cuda")
-SETTINGS_DEVICE = "RTRadiomicsAI/Device"
-SETTINGS_MODEL_CACHE = "RTRadiomicsAI/ModelCacheFolder"
-# Environment variables through which the settings reach the `rtrai` library and the background `rtrai` processes
-# started by every module of the extension (modules may not import each other, so they share settings this way).
-ENV_DEVICE = "RTRAI_DEVICE"
-ENV_MODEL_CACHE = "RTRAI_MODEL_CACHE"
-
-
-def defaultModelCacheFolder() -> Path:
-    return Path(slicer.app.cachePath) / "RTRadiomicsAI" / "models"
-
-
-def savedSettings() -> tuple:
-    """(device, model cache folder) from the application settings, with defaults."""
-    settings = qt.QSettings()
-    device = str(settings.value(SETTINGS_DEVICE, "auto"))
-    folder = str(settings.value(SETTINGS_MODEL_CACHE, "")) or str(defaultModelCacheFolder())
-    return (device if device in DEVICES else "auto"), Path(folder)
-
-
-def publishSettings(device: str, modelCacheFolder: Path) -> None:
-    """Put the settings in this process's environment, where the library and its child processes read them."""
-    os.environ[ENV_DEVICE] = device
-    os.environ[ENV_MODEL_CACHE] = str(modelCacheFolder)
-
-
-def saveSettings(device: str, modelCacheFolder: Path) -> None:
-    settings = qt.QSettings()
-    settings.setValue(SETTINGS_DEVICE, device)
-    settings.setValue(SETTINGS_MODEL_CACHE, str(modelCacheFolder))
-    publishSettings(device, modelCacheFolder)
+# The package the modules share sits beside this file, like rtrai. The settings (device, model folder) live there:
+# every module's background jobs get them from RTRadiomicsAILib.settings.jobEnvironment.
+from RTRadiomicsAILib import workflow  # noqa: E402
+from RTRadiomicsAILib.jobs import startJob  # noqa: E402
+from RTRadiomicsAILib.settings import (DEVICES, ENV_DEVICE, defaultModelCacheFolder,  # noqa: E402
+                                       publishSettings, saveSettings, savedSettings)
+from RTRadiomicsAILib.template import ModuleWidget, describeModule  # noqa: E402
 
 
 #
@@ -71,15 +46,15 @@ def saveSettings(device: str, modelCacheFolder: Path) -> None:
 
 
 class RTRadiomicsAI(ScriptedLoadableModule):
-    """Module description shown in Slicer's module list and help panel."""
-
     def __init__(self, parent):
-        ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "RTRadiomicsAI"
-        self.parent.categories = ["Radiotherapy"]
-        self.parent.dependencies = []
-        self.parent.contributors = ["RTRadiomicsAI developers"]
-        self.parent.helpText = """
+        describeModule(self, parent, "RTRadiomicsAI", ["Radiotherapy"], HELP, ACKNOWLEDGEMENT)
+        # Publish the saved settings early so that the library sees them (model lists, device) even if the user never
+        # opens this module. Reading QSettings is cheap; nothing heavy is imported here.
+        publishSettings(*savedSettings())
+
+
+# The module's entry in Slicer's help panel.
+HELP = """
 Hub of the RTRadiomicsAI extension (AI for radiotherapy: auto-contouring, dose prediction, radiomics and outcome
 models).<br>
 <b>Settings</b>: compute device and the folder where downloaded models are kept; every module of the extension uses
@@ -89,17 +64,14 @@ them.<br>
 <b>Load case</b>: brings an OpenKBP patient folder, a NRRD/NIfTI image, a DICOM CT folder or a case folder written by
 <code>rtrai convert</code> into the scene, with structures as a segmentation and dose as a dose volume.<br>
 <b>Workflow</b>: runs the case end to end (AutoSegment, DosePredict, DVH and constraints, radiomics, outcome model,
-HTML report) in a background process, shows each step's status, and loads the results into the scene. <i>Run demo</i>
-does the same on the built-in synthetic phantom.<br>
+HTML report) in a background process, follows each step as it starts and ends, and loads the results into the
+scene. <i>Run demo</i> does the same on the built-in synthetic phantom.<br>
 The same library runs outside Slicer: <code>pip install rtradiomicsai</code>, then <code>rtrai --help</code>.
 """
-        self.parent.acknowledgementText = """
+ACKNOWLEDGEMENT = """
 Built on 3D Slicer, SlicerRT, MONAI, PyTorch, pyradiomics, SimpleITK, pydicom, scikit-learn and scikit-survival.
 OpenKBP data: Babier et al., Med. Phys. 48:5549-5561 (2021).
 """
-        # Publish the saved settings early so that every module's background jobs see them, even if the user never
-        # opens this module. Reading QSettings is cheap; nothing heavy is imported here.
-        publishSettings(*savedSettings())
 
 
 #
@@ -132,95 +104,38 @@ class RTRadiomicsAIParameterNode:
 #
 
 
-class RTRadiomicsAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The hub's panel: settings, Python packages, load case."""
+class RTRadiomicsAIWidget(ModuleWidget, ScriptedLoadableModuleWidget):
+    """The hub's panel: settings, Python packages, load case, workflow."""
+
+    UI_FILE = "UI/RTRadiomicsAI.ui"
+    JOB_WIDGETS = ("workflowProgressBar", "workflowStatusLabel", "cancelWorkflowButton")
 
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._job = None
-        self._jobOutput = None
         self._steps = []
-        self._timer = qt.QTimer()
-        self._timer.setInterval(250)
-        self._timer.timeout.connect(self._pollWorkflow)
+        ModuleWidget.__init__(self, parent)
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
+    def createLogic(self):
+        return RTRadiomicsAILogic()
 
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/RTRadiomicsAI.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = RTRadiomicsAILogic()
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.refreshPackagesButton.connect("clicked(bool)", self.updatePackageTable)
-        self.ui.installPackagesButton.connect("clicked(bool)", self.onInstallPackages)
-        self.ui.chooseCaseFolderButton.connect("clicked(bool)", self.onChooseCaseFolder)
-        self.ui.loadCaseButton.connect("clicked(bool)", self.onLoadCase)
-        self.ui.runAllButton.connect("clicked(bool)", self.onRunAll)
-        self.ui.runDemoButton.connect("clicked(bool)", self.onRunDemo)
-        self.ui.cancelWorkflowButton.connect("clicked(bool)", self.onCancelWorkflow)
-        self.ui.loadResultsButton.connect("clicked(bool)", self.onLoadResults)
-        self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
-
-        self.initializeParameterNode()
+    def connectWidgets(self) -> None:
         self.updatePackageTable()
         self.showSteps(self.logic.emptySteps())
 
-    def cleanup(self) -> None:
-        self.onCancelWorkflow()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        self._disconnectParameterNode()
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        self._disconnectParameterNode()
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-            self._onParameterNodeModified()
-
-    def _disconnectParameterNode(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-
-    def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        self.logic.applySettings(self._parameterNode)
-        path = str(self._parameterNode.casePath)
+    def updateButtons(self) -> None:
+        p = self.parameterNode
+        if p is None:
+            return
+        self.logic.applySettings(p)
+        path = str(p.casePath)
         canLoad = path not in ("", ".") and os.path.exists(path)
         self.ui.loadCaseButton.enabled = canLoad
         self.ui.loadCaseButton.toolTip = ("Read the case and add it to the scene." if canLoad
                                           else "Choose an existing file or folder first.")
-        idle = self._job is None
-        self.ui.runAllButton.enabled = canLoad and idle
-        self.ui.runDemoButton.enabled = idle
-        output = self.logic.outputFolderFor(self._parameterNode)
-        self.ui.loadResultsButton.enabled = idle and output is not None and (output / "provenance.json").is_file()
+        self.ui.runAllButton.enabled = canLoad and self.idle
+        self.ui.runDemoButton.enabled = self.idle
+        output = self.logic.outputFolderFor(p)
+        self.ui.loadResultsButton.enabled = (self.idle and output is not None
+                                             and (output / "provenance.json").is_file())
         self.ui.openReportButton.enabled = output is not None and (output / "report.html").is_file()
 
     # -- Python packages ---------------------------------------------------------------------------------------
@@ -242,6 +157,9 @@ class RTRadiomicsAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                             else f"Missing: {', '.join(missing)}.")
         self.ui.installPackagesButton.enabled = bool(missing)
 
+    def onRefreshPackages(self) -> None:
+        self.updatePackageTable()
+
     def onInstallPackages(self) -> None:
         with slicer.util.tryWithErrorDisplay("Installing Python packages failed.", waitCursor=True):
             self.logic.installMissingPackages()
@@ -249,16 +167,16 @@ class RTRadiomicsAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- Load case ---------------------------------------------------------------------------------------------
     def onChooseCaseFolder(self) -> None:
-        start = str(self._parameterNode.casePath) if self._parameterNode else ""
+        start = str(self.parameterNode.casePath) if self.parameterNode else ""
         folder = qt.QFileDialog.getExistingDirectory(
             slicer.util.mainWindow(), "Choose an OpenKBP patient, DICOM or case folder", start)
-        if folder and self._parameterNode:
-            self._parameterNode.casePath = Path(folder)
+        if folder and self.parameterNode:
+            self.parameterNode.casePath = Path(folder)
 
     def onLoadCase(self) -> None:
         from rtrai.core.errors import RTRAIError
 
-        path = self._parameterNode.casePath
+        path = self.parameterNode.casePath
         try:
             with slicer.util.WaitCursor():
                 loaded = self.logic.loadCase(path)
@@ -271,16 +189,13 @@ class RTRadiomicsAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- Workflow ----------------------------------------------------------------------------------------------
     def showSteps(self, steps) -> None:
-        """Fill the steps table from ``[{"title", "status", "seconds", "summary", "reason"}, ...]``."""
+        """Fill the steps table from rows of :mod:`RTRadiomicsAILib.workflow`."""
         table = self.ui.workflowStepsTable
         table.setRowCount(len(steps))
         colours = {"done": "darkgreen", "skipped": "darkorange", "running": "royalblue", "failed": "darkred",
                    "cancelled": "darkred"}
         for row, step in enumerate(steps):
-            seconds = step.get("seconds")
-            texts = (step["title"], step["status"], f"{seconds:.1f}" if seconds else "",
-                     step.get("reason") or step.get("summary") or "")
-            for column, text in enumerate(texts):
+            for column, text in enumerate(workflow.stepCells(step)):
                 item = qt.QTableWidgetItem(text)
                 item.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)
                 if column == 1 and step["status"] in colours:
@@ -291,7 +206,7 @@ class RTRadiomicsAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table.resizeColumnsToContents()
 
     def onRunAll(self) -> None:
-        p = self._parameterNode
+        p = self.parameterNode
         with slicer.util.tryWithErrorDisplay("Could not start the workflow.", waitCursor=True):
             output = self.logic.outputFolderFor(p)
             job = self.logic.startWorkflow(p.casePath, output, keepStructures=p.keepStructures,
@@ -300,7 +215,7 @@ class RTRadiomicsAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRunDemo(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not start the demo.", waitCursor=True):
-            output = self.logic.outputFolderFor(self._parameterNode, demo=True)
+            output = self.logic.outputFolderFor(self.parameterNode, demo=True)
             self._startJob(self.logic.startDemo(output), output)
 
     @staticmethod
@@ -308,61 +223,40 @@ class RTRadiomicsAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return None if str(path) in ("", ".") else Path(path)
 
     def _startJob(self, job, output) -> None:
-        self._job, self._jobOutput = job, Path(output)
+        output = Path(output)
         self._steps = self.logic.emptySteps()
         self.showSteps(self._steps)
-        self.ui.workflowProgressBar.value = 0
         self.ui.workflowStatusLabel.text = f"Running into {output} ..."
-        self.ui.cancelWorkflowButton.enabled = True
-        self._refreshButtons()
-        self._timer.start()
 
-    def _pollWorkflow(self) -> None:
-        update = self._job.poll()
-        self.ui.workflowProgressBar.value = int(round(100 * update.fraction))
-        if update.message:
-            self.ui.workflowStatusLabel.text = update.message
-            self._steps = self.logic.stepsFromMessage(update.message, self._steps)
-            self.showSteps(self._steps)
-        if not update.finished:
-            return
-        self._timer.stop()
-        job, output = self._job, self._jobOutput
-        self._job = None
-        self.ui.cancelWorkflowButton.enabled = False
-        if update.state == "succeeded":
+        def onUpdate(update):
+            if update.steps:
+                self._steps = workflow.applyStepEvents(self._steps, update.steps)
+                self.showSteps(self._steps)
+
+        def onSucceeded():
             self.ui.workflowStatusLabel.text = f"Done: results in {output}."
-            with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
-                self._showResults(self.logic.loadResults(output))
-        elif update.state == "cancelled":
-            self.showSteps([{**s, "status": "cancelled"} if s["status"] in ("pending", "running") else s
-                            for s in self._steps])
-            self.ui.workflowStatusLabel.text = "Cancelled: nothing was written."
-        else:
-            self.ui.workflowStatusLabel.text = job.last_error or "The background process failed."
-            slicer.util.errorDisplay(self.ui.workflowStatusLabel.text, detailedText="\n".join(job.log[-50:]))
-        self._refreshButtons()
+            self._showResults(self.logic.loadResults(output))  # the final statuses, from provenance.json
 
-    def onCancelWorkflow(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
+        def onEnded(state):
+            if state == "cancelled":
+                self._steps = workflow.cancelledSteps(self._steps)
+                self.showSteps(self._steps)
+                self.ui.workflowStatusLabel.text = "Cancelled: nothing was written."
+
+        self.jobs.start(job, onSucceeded, onUpdate, onEnded)
 
     def onLoadResults(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
-            self._showResults(self.logic.loadResults(self.logic.outputFolderFor(self._parameterNode)))
+            self._showResults(self.logic.loadResults(self.logic.outputFolderFor(self.parameterNode)))
 
     def _showResults(self, loaded: dict) -> None:
         self.showSteps(loaded["steps"])
         self.logic.showCase(loaded)
         self.ui.caseSummaryLabel.text = self.logic.describeCase(loaded)
-        self._refreshButtons()
-
-    def _refreshButtons(self) -> None:
-        if self._parameterNode:
-            self._onParameterNodeModified()
+        self.updateButtons()
 
     def onOpenReport(self) -> None:
-        report = self.logic.outputFolderFor(self._parameterNode) / "report.html"
+        report = self.logic.outputFolderFor(self.parameterNode) / "report.html"
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(report)))
 
 
@@ -496,21 +390,6 @@ class RTRadiomicsAILogic(ScriptedLoadableModuleLogic):
             parts.append("with dose")
         return ", ".join(parts)
 
-    @staticmethod
-    def jobEnvironment() -> dict:
-        """Environment for child processes: the application's startup environment (without the settings the
-        launcher added for Slicer itself) plus the current settings."""
-        env = dict(slicer.util.startupEnvironment())
-        env[ENV_DEVICE] = os.environ.get(ENV_DEVICE, "auto")
-        env[ENV_MODEL_CACHE] = os.environ.get(ENV_MODEL_CACHE, str(defaultModelCacheFolder()))
-        return env
-
-    def backgroundJob(self, *args):
-        """A not-yet-started ``rtrai ARGS`` child process (see ``rtrai.core.jobs.Job``); poll it from a QTimer."""
-        from rtrai.core.jobs import Job
-
-        return Job.rtrai(*args, env=self.jobEnvironment())
-
     # -- workflow ----------------------------------------------------------------------------------------------
     @staticmethod
     def outputFolderFor(parameterNode, demo: bool = False):
@@ -548,45 +427,21 @@ class RTRadiomicsAILogic(ScriptedLoadableModuleLogic):
             raise ValueError("Choose an output folder.")
         if outcomeModel is not None and not Path(outcomeModel).exists():
             raise ValueError(f"Outcome model folder not found: {outcomeModel}")
-        args = self.workflowArguments(casePath, outputFolder, keepStructures, outcomeModel,
-                                      os.environ.get(ENV_DEVICE, "auto"))
+        args = self.workflowArguments(casePath, outputFolder, keepStructures, outcomeModel, savedSettings()[0])
         logging.info("RTRadiomicsAI: rtrai " + " ".join(args))
-        return self.backgroundJob(*args).start()
+        return startJob(*args)
 
     def startDemo(self, outputFolder):
         """Start ``rtrai demo`` (the synthetic phantom end to end) in a background process."""
         if outputFolder is None:
             raise ValueError("Choose an output folder.")
-        return self.backgroundJob("demo", "-o", str(outputFolder), "--device",
-                                  os.environ.get(ENV_DEVICE, "auto")).start()
+        return startJob("demo", "-o", str(outputFolder), "--device", savedSettings()[0])
 
     @staticmethod
     def emptySteps() -> list:
         from rtrai.pipeline import STEP_TITLES, STEPS
 
-        return [{"name": n, "title": STEP_TITLES[n], "status": "pending", "seconds": None, "summary": "",
-                 "reason": ""} for n in STEPS]
-
-    @staticmethod
-    def stepsFromMessage(message: str, steps: list) -> list:
-        """Step statuses while a run goes on, from its progress message (``"<step>: ..."``, ``"<step>: done"``):
-        the step named is running (or done/skipped when the message says so) and the steps before it finished
-        (their final status comes from provenance.json when the run ends)."""
-        name, _, rest = message.partition(":")
-        names = [s["name"] for s in steps]
-        if name not in names:
-            return steps
-        index = names.index(name)
-        out = []
-        for i, step in enumerate(steps):
-            step = dict(step)
-            if i < index and step["status"] in ("pending", "running"):
-                step["status"] = "finished"
-            elif i == index:
-                word = rest.strip()
-                step["status"] = word if word in ("done", "skipped") else "running"
-            out.append(step)
-        return out
+        return workflow.emptySteps(STEPS, STEP_TITLES)
 
     @staticmethod
     def loadResults(outputFolder, scene=None) -> dict:

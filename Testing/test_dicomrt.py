@@ -19,8 +19,8 @@ from rtrai.core.case import Case
 from rtrai.core.errors import FormatError, GeometryError, InputError
 from rtrai.core.image import Grid, from_array
 from rtrai.io.contours import fill_polygons, index_to_physical, mask_to_contours, polygon_area, rasterize
-from rtrai.io.dicomrt import (read_dicom_folder, read_rtdose, read_rtplan, read_rtstruct, rasterize_rtstruct,
-                              write_dicom_case)
+from rtrai.io.dicomrt import read_dicom_folder, read_rtdose, read_rtplan, read_rtstruct, rasterize_rtstruct
+from rtrai.io.dicomrt_export import write_dicom_case
 
 DICOMPYLER = ("dicom-rt", "dicompyler-core_example")
 

@@ -51,7 +51,8 @@ def test_nine_beams_are_symmetric_and_zero_outside_the_body():
 
 
 def test_a_dose_model_with_the_beam_prior_channel_trains_and_predicts(tmp_path):
-    from rtrai.dose import prediction
+    from rtrai.dose import encoding, export, inference
+    from rtrai.dose import train as training
     from rtrai.io.case_io import write_case
     from rtrai.phantom import make_phantom
 
@@ -60,13 +61,13 @@ def test_a_dose_model_with_the_beam_prior_channel_trains_and_predicts(tmp_path):
     config = {"network": {"type": "prior-unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
               "batch": 1, "steps": 4, "validate_every": 2, "validation_cases": 1, "seed": 0,
               "augment": {"rotate_deg": 10, "scale": 0.1, "shift_vox": 2, "ct_jitter": 0.05, "probability": 1.0},
-              "channels": list(prediction.CHANNELS) + [prediction.BEAM_PRIOR]}
-    result = prediction.train(tmp_path / "p", tmp_path / "work", config, validation=tmp_path / "p")
-    model = prediction.export_model(tmp_path / "work", {**config, "name": "beam-test"}, result, command="test")
-    predictor = prediction.DosePredictor(str(model.parent), "cpu")
+              "channels": list(encoding.CHANNELS) + [encoding.BEAM_PRIOR]}
+    result = training.train(tmp_path / "p", tmp_path / "work", config, validation=tmp_path / "p")
+    model = export.export_model(tmp_path / "work", {**config, "name": "beam-test"}, result, command="test")
+    predictor = inference.DosePredictor(str(model.parent), "cpu")
     assert predictor.manifest["inputs"]["channels"][-1] == "BeamPrior"
     case = predictor.read(tmp_path / "p" / "p0")
-    inputs = prediction.encode_inputs(case, predictor.channels)
-    assert inputs.shape[0] == len(prediction.CHANNELS) + 1 and inputs[-1].max() > 0.5
+    inputs = encoding.encode_inputs(case, predictor.channels)
+    assert inputs.shape[0] == len(encoding.CHANNELS) + 1 and inputs[-1].max() > 0.5
     dose = predictor.predict(case)
     assert dose.GetSize() == case.ct.GetSize()

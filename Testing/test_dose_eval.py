@@ -12,10 +12,12 @@ from scipy import ndimage
 
 from rtrai import cli
 from rtrai.core.errors import GeometryError, InputError
-from rtrai.dose import phantoms
+from rtrai.dose import dvh_phantoms as phantoms
 from rtrai.dose.dvh import metric, samples_from_contours, samples_from_mask
 from rtrai.dose.gamma import gamma_index
 from rtrai.dose.scores import openkbp_dvh_metrics, score_patient
+from rtrai.io.dicomrt_export import write_contours_and_dose
+
 
 @pytest.fixture
 def rtrai_cli():
@@ -250,7 +252,7 @@ def test_dvh_matches_dicompyler(tmp_path):
     from rtrai.io.dicomrt import read_rtdose, read_rtstruct
 
     dose, contours = _sphere_phantom()
-    dose_path, struct_path = phantoms.write_rt_pair(tmp_path, dose, contours)
+    dose_path, struct_path = write_contours_and_dose(tmp_path, dose, contours)
     rois, _ = read_rtstruct(struct_path)
     rt_dose = read_rtdose(dose_path)[0]
     for number, roi in enumerate(rois, start=1):
@@ -268,7 +270,7 @@ def test_dvh_matches_dicompyler(tmp_path):
 
 def test_dvh_mask_and_cli(tmp_path, rtrai_cli):
     dose, contours = _sphere_phantom()
-    dose_path, struct_path = phantoms.write_rt_pair(tmp_path / "rt", dose, contours)
+    dose_path, struct_path = write_contours_and_dose(tmp_path / "rt", dose, contours)
     assert rtrai_cli(["dvh", "--dose", str(dose_path), "--structures", str(struct_path),
                       "--metrics", "Dmean,D95%,D2cc,V40Gy", "-o", str(tmp_path / "out")]) == 0
     metrics = pd.read_csv(tmp_path / "out" / "metrics.csv")

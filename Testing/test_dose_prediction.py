@@ -11,7 +11,8 @@ import SimpleITK as sitk
 
 from rtrai import cli
 from rtrai.core.errors import InputError, ModelError
-from rtrai.dose import prediction
+from rtrai.dose import augmentation, encoding, export, inference, losses, networks
+from rtrai.dose import train as training
 from rtrai.io.case_io import write_case
 from rtrai.phantom import make_phantom
 
@@ -30,21 +31,21 @@ def cohort(tmp_path_factory):
 
 def test_inputs_encode_targets_by_prescription_and_flip_swaps_parotids():
     case = make_phantom(seed=0, size=(64, 64, 48), spacing=(7.0, 7.0, 5.0))
-    x = prediction.encode_inputs(case)
-    assert x.shape == (len(prediction.CHANNELS), 48, 64, 64)
-    targets = x[prediction.CHANNELS.index("Targets")]
+    x = encoding.encode_inputs(case)
+    assert x.shape == (len(encoding.CHANNELS), 48, 64, 64)
+    targets = x[encoding.CHANNELS.index("Targets")]
     ptv70 = sitk.GetArrayViewFromImage(case.structures["PTV70"]) > 0
     ptv56 = sitk.GetArrayViewFromImage(case.structures["PTV56"]) > 0
     assert np.all(targets[ptv70] == 1.0) and np.allclose(targets[ptv56], 56 / 70)
-    left, right = prediction.OARS.index("Parotid_L") + 1, prediction.OARS.index("Parotid_R") + 1
-    assert prediction.FLIP_PAIRS == ((left, right),)
+    left, right = encoding.OARS.index("Parotid_L") + 1, encoding.OARS.index("Parotid_R") + 1
+    assert encoding.FLIP_PAIRS == ((left, right),)
     rng = np.random.default_rng(0)
     noise = rng.random(x.shape).astype(np.float16)  # asymmetric content, so a flip is always visible
-    noise[prediction.BODY] = 1
+    noise[encoding.BODY] = 1
     item = {"x": noise, "y": np.zeros(x.shape[1:], np.float16)}
     flips = 0
     for _ in range(20):  # whole-volume patches: each draw is the volume itself, flipped or not
-        xp, _ = prediction._sample([item], rng, (48, 64, 64), 1)
+        xp, _ = training.sample_batch([item], rng, (48, 64, 64), 1)
         if np.array_equal(xp[0, 0], noise[0][..., ::-1].astype(np.float32)):
             flips += 1
             np.testing.assert_array_equal(xp[0, left], noise[right][..., ::-1].astype(np.float32))
@@ -56,14 +57,14 @@ def test_inputs_encode_targets_by_prescription_and_flip_swaps_parotids():
 
 def test_augmentation_moves_inputs_and_dose_together_and_keeps_masks_binary():
     case = make_phantom(seed=0, size=(64, 64, 48), spacing=(7.0, 7.0, 5.0))
-    x = prediction.encode_inputs(case)
-    y = x[prediction.PRIOR] * 0.9  # any dose that lives on the anatomy
+    x = encoding.encode_inputs(case)
+    y = x[encoding.PRIOR] * 0.9  # any dose that lives on the anatomy
     rng = np.random.default_rng(0)
-    same_x, same_y = prediction._augment(x, y, rng, {})  # no rotation, scaling or shift: the identity
+    same_x, same_y = augmentation.augment(x, y, rng, {})  # no rotation, scaling or shift: the identity
     np.testing.assert_allclose(same_x, x, atol=1e-5)
     np.testing.assert_allclose(same_y, y, atol=1e-5)
     # A pure shift of whole voxels moves every channel and the dose by exactly that many voxels.
-    shifted_x, shifted_y = prediction._augment(x, y, np.random.default_rng(1), {"shift_vox": 3})
+    shifted_x, shifted_y = augmentation.augment(x, y, np.random.default_rng(1), {"shift_vox": 3})
     draws = np.random.default_rng(1)
     draws.uniform(-1, 1, 2)  # angle and scale come first
     shift = draws.integers(-3, 4, 3)  # x, y, z voxels
@@ -72,15 +73,45 @@ def test_augmentation_moves_inputs_and_dose_together_and_keeps_masks_binary():
     moved = np.roll(y, tuple(-int(s) for s in shift[::-1]), axis=(0, 1, 2))
     np.testing.assert_allclose(shifted_y[inner], moved[inner], atol=1e-5)
     # Rotation and scaling: masks stay binary, target levels stay levels, the dose moves with the anatomy.
-    ax, ay = prediction._augment(x, y, rng, {"rotate_deg": 10, "scale": 0.1, "shift_vox": 4, "ct_jitter": 0.05})
-    for c in prediction.MASK_CHANNELS:
+    ax, ay = augmentation.augment(x, y, rng, {"rotate_deg": 10, "scale": 0.1, "shift_vox": 4, "ct_jitter": 0.05})
+    for c in encoding.MASK_CHANNELS:
         assert set(np.unique(ax[c])) <= {0.0, 1.0}
-    levels = np.unique(ax[prediction.TARGETS])[:, None]
+    levels = np.unique(ax[encoding.TARGETS])[:, None]
     assert np.abs(levels - [0.0, 56 / 70, 1.0]).min(axis=1).max() < 1e-6
-    body = ax[prediction.BODY] > 0
-    assert 0.7 < body.sum() / (x[prediction.BODY] > 0).sum() < 1.4
-    np.testing.assert_allclose(ay, 0.9 * ax[prediction.PRIOR], atol=1e-5)  # the dose moved with the inputs
+    body = ax[encoding.BODY] > 0
+    assert 0.7 < body.sum() / (x[encoding.BODY] > 0).sum() < 1.4
+    np.testing.assert_allclose(ay, 0.9 * ax[encoding.PRIOR], atol=1e-5)  # the dose moved with the inputs
     assert not np.allclose(ay, y, atol=0.05)
+
+
+def test_monai_affine_warp_is_the_normalised_affine_grid_warp_of_the_same_draws():
+    """The augmentation warps with MONAI's Affine; it is torch's affine_grid + grid_sample of the matrix drawn in
+    normalised coordinates (how the shipped models' training warped), on a volume whose axes all differ in size."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    case = make_phantom(seed=0, size=(64, 56, 40), spacing=(7.0, 7.0, 5.0))
+    x = encoding.encode_inputs(case)[:, :, 3:50]
+    spec = {"rotate_deg": 10, "scale": 0.1, "shift_vox": 4}
+    draws = np.random.default_rng(5)
+    angle = math.radians(draws.uniform(-1, 1) * 10)
+    scale = 1.0 + draws.uniform(-1, 1) * 0.1
+    shift = draws.integers(-4, 5, 3)
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    size = x.shape[:0:-1]
+    theta = torch.tensor([[cos, -sin, 0.0, 2.0 * shift[0] / size[0]], [sin, cos, 0.0, 2.0 * shift[1] / size[1]],
+                          [0.0, 0.0, 1.0 / scale, 2.0 * shift[2] / size[2]]], dtype=torch.float32)[None]
+    grid = F.affine_grid(theta, [1, 1, *x.shape[1:]], align_corners=False)
+    expected = F.grid_sample(torch.from_numpy(x[encoding.PRIOR])[None, None], grid, mode="bilinear",
+                             padding_mode="zeros", align_corners=False)[0, 0].numpy()
+    y = x[encoding.PRIOR] * 0.5
+    rng = np.random.default_rng(5)
+    moved_x, moved_y = augmentation.augment(x, y, rng, spec)
+    assert np.abs(expected).max() > 0.5 and not np.allclose(expected, x[encoding.PRIOR], atol=0.05)
+    np.testing.assert_allclose(moved_x[encoding.PRIOR], expected, atol=1e-4)
+    np.testing.assert_allclose(moved_y, 0.5 * expected, atol=1e-4)
 
 
 def test_case_without_target_or_prescription_is_refused():
@@ -88,25 +119,25 @@ def test_case_without_target_or_prescription_is_refused():
     mask = case.structures.pop("PTV70")
     case.structures.pop("PTV56")
     with pytest.raises(InputError, match="no target"):
-        prediction.encode_inputs(case)
+        encoding.encode_inputs(case)
     case.add_structure("PTV_boost", mask, keep_name=True)
     with pytest.raises(InputError, match="no prescription"):
-        prediction.encode_inputs(case)
+        encoding.encode_inputs(case)
 
 
 def test_tiny_training_resumes_exports_and_predicts(cohort, tmp_path, capsys):
     work = tmp_path / "work"
-    first = prediction.train(cohort / "patients", work, {**TINY, "steps": 12}, cohort / "patients",
+    first = training.train(cohort / "patients", work, {**TINY, "steps": 12}, cohort / "patients",
                              max_minutes=None)
     assert first["step"] == 12 and [h["step"] for h in first["history"]] == [6, 12]
     assert "resumed" not in (work / "train.log").read_text()
     # Resume the same run for more steps: the step counter and history continue.
-    again = prediction.train(cohort / "patients", work, {**TINY, "steps": 18}, cohort / "patients", resume=True)
+    again = training.train(cohort / "patients", work, {**TINY, "steps": 18}, cohort / "patients", resume=True)
     assert again["step"] == 18 and len(again["history"]) == 3
     assert "resumed at step 12" in (work / "train.log").read_text()
     # CPU time adds up over the chunks of a resumed run (the checkpoint carries it).
     assert 0 < first["cpu_hours"] <= again["cpu_hours"] and "CPU hours" in (work / "train.log").read_text()
-    manifest_path = prediction.export_model(work, {**TINY, "name": "tiny-dose"}, again, command="test")
+    manifest_path = export.export_model(work, {**TINY, "name": "tiny-dose"}, again, command="test")
     manifest = json.loads(manifest_path.read_text())
     assert manifest["task"] == "dose" and len(manifest["sha256"]) == 64
     assert manifest["training"]["cpu_hours"] == again["cpu_hours"]
@@ -124,7 +155,7 @@ def test_tiny_training_resumes_exports_and_predicts(cohort, tmp_path, capsys):
     weights = tmp_path / "tampered" / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(ModelError, match="checksum"):
-        prediction.DosePredictor(str(tmp_path / "tampered"))
+        inference.DosePredictor(str(tmp_path / "tampered"))
     capsys.readouterr()
     assert cli.main(["dose", "predict", str(cohort / "patients" / "p1"), "--model", str(tmp_path / "tampered"),
                      "-o", str(tmp_path / "nope")]) == 2
@@ -135,18 +166,18 @@ def test_cropped_cases_train_and_predict_on_the_possible_dose_box_only(cohort, t
     import torch
 
     case_dir = cohort / "patients" / "p0"
-    full = prediction._load_cohort(cohort / "patients", print, 1)[0]
-    cropped = prediction._load_cohort(cohort / "patients", print, 1, crop_margin=2)[0]
-    body = full["x"][prediction.BODY] > 0
+    full = training.load_cohort(cohort / "patients", print, 1)[0]
+    cropped = training.load_cohort(cohort / "patients", print, 1, crop_margin=2)[0]
+    body = full["x"][encoding.BODY] > 0
     lo = [int(np.nonzero(body.any(axis=other))[0][0]) for other in ((1, 2), (0, 2), (0, 1))]
     hi = [int(np.nonzero(body.any(axis=other))[0][-1]) + 1 for other in ((1, 2), (0, 2), (0, 1))]
     box = tuple(slice(max(a - 2, 0), min(b + 2, n)) for a, b, n in zip(lo, hi, body.shape))
-    assert prediction.body_box(full["x"], 2) == box
+    assert encoding.body_box(full["x"], 2) == box
     np.testing.assert_array_equal(cropped["x"], full["x"][(slice(None),) + box])
     np.testing.assert_array_equal(cropped["y"], full["y"][box])
     assert cropped["x"][0].size < full["x"][0].size  # the phantom's body does not fill its volume
     # Padding shows air in the CT channel, zeros elsewhere.
-    padded, crop = prediction._pad_to(cropped["x"].astype(np.float32), 8)
+    padded, crop = encoding.pad_to(cropped["x"].astype(np.float32), 8)
     assert padded.shape[1] % 8 == 0 and np.array_equal(padded[(slice(None),) + crop], cropped["x"])
     if padded.shape[1] > cropped["x"].shape[1]:
         assert np.all(padded[0, -1] == -1) and np.all(padded[1:, -1] == 0)
@@ -154,23 +185,23 @@ def test_cropped_cases_train_and_predict_on_the_possible_dose_box_only(cohort, t
     # Inference on the box equals the network on the cropped inputs, pasted back; zero elsewhere.
     spec = {"type": "prior-unet", "channels": [4, 8], "strides": [2], "num_res_units": 1, "downsample": 2}
     torch.manual_seed(0)
-    network = prediction.build_network(spec)
-    inputs = prediction.encode_inputs(prediction.DosePredictor.read(case_dir))
-    dose = prediction.predict_array(network, inputs, crop_margin=2)
-    assert dose.shape == inputs.shape[1:] and np.all(dose[inputs[prediction.BODY] == 0] == 0)
-    np.testing.assert_allclose(dose[box], prediction.predict_array(network, inputs[(slice(None),) + box]), atol=1e-6)
-    assert np.abs(dose - prediction.predict_array(network, inputs)).max() > 0  # the field of view matters
+    network = networks.build_network(spec)
+    inputs = encoding.encode_inputs(inference.DosePredictor.read(case_dir))
+    dose = inference.predict_array(network, inputs, crop_margin=2)
+    assert dose.shape == inputs.shape[1:] and np.all(dose[inputs[encoding.BODY] == 0] == 0)
+    np.testing.assert_allclose(dose[box], inference.predict_array(network, inputs[(slice(None),) + box]), atol=1e-6)
+    assert np.abs(dose - inference.predict_array(network, inputs)).max() > 0  # the field of view matters
 
     # A cropping run trains, and its model predicts through the manifest's inference settings.
     work = tmp_path / "work"
     config = {**TINY, "network": spec, "patch": None, "steps": 4, "validate_every": 2, "crop_margin_vox": 2,
               "augment": {"rotate_deg": 10, "scale": 0.1, "shift_vox": 2, "probability": 1.0}}
-    result = prediction.train(cohort / "patients", work, config, cohort / "patients")
-    manifest = json.loads(prediction.export_model(work, config, result, command="test").read_text())
+    result = training.train(cohort / "patients", work, config, cohort / "patients")
+    manifest = json.loads(export.export_model(work, config, result, command="test").read_text())
     assert manifest["inference"] == {"flip": True, "crop_margin_vox": 2}
-    predictor = prediction.DosePredictor(str(work / "model"), "cpu")
+    predictor = inference.DosePredictor(str(work / "model"), "cpu")
     predicted = sitk.GetArrayFromImage(predictor.predict(predictor.read(case_dir)))
-    expected = prediction.predict_array(predictor.network, inputs, flip=True, crop_margin=2)
+    expected = inference.predict_array(predictor.network, inputs, flip=True, crop_margin=2)
     np.testing.assert_allclose(predicted, expected, atol=1e-5)
 
 
@@ -182,12 +213,12 @@ def test_unknown_model_exits_2(cohort, tmp_path, capsys):
 
 def test_geometric_prior_is_the_prescription_inside_targets_and_falls_off_outside():
     case = make_phantom(seed=0, size=(64, 64, 48), spacing=(7.0, 7.0, 5.0))
-    x = prediction.encode_inputs(case)
-    prior = x[prediction.PRIOR] * prediction.DOSE_SCALE_GY
+    x = encoding.encode_inputs(case)
+    prior = x[encoding.PRIOR] * encoding.DOSE_SCALE_GY
     ptv70 = sitk.GetArrayViewFromImage(case.structures["PTV70"]) > 0
     ptv56 = sitk.GetArrayViewFromImage(case.structures["PTV56"]) > 0
     assert np.allclose(prior[ptv70], 70) and np.all(prior[ptv56 & ~ptv70] >= 56 - 1e-4)
-    body = x[prediction.BODY] > 0
+    body = x[encoding.BODY] > 0
     assert np.all(prior[~body] == 0)
     # One voxel (7 mm) outside PTV70 along x, away from PTV56, the prior is 70 * exp(-7 / 25).
     z, y, xs = np.nonzero(ptv70)
@@ -200,19 +231,19 @@ def test_geometric_prior_is_the_prescription_inside_targets_and_falls_off_outsid
 def test_prior_network_adds_a_half_resolution_correction_to_the_prior():
     import torch
 
-    net = prediction.build_network({"type": "prior-unet", "channels": [4, 8], "strides": [2], "downsample": 2})
+    net = networks.build_network({"type": "prior-unet", "channels": [4, 8], "strides": [2], "downsample": 2})
     assert int(np.prod(net.strides)) == 4
     for parameter in net.unet.parameters():
         torch.nn.init.zeros_(parameter)  # no correction: the output is the prior itself
-    x = torch.rand(1, len(prediction.CHANNELS), 8, 8, 8)
-    assert torch.allclose(net(x)[0, 0], x[0, prediction.PRIOR])
+    x = torch.rand(1, len(encoding.CHANNELS), 8, 8, 8)
+    assert torch.allclose(net(x)[0, 0], x[0, encoding.PRIOR])
     # Flip averaging mirrors back what it mirrored: with no correction it returns the (asymmetric) prior itself,
     # also on a grid that needs padding.
-    inputs = np.random.default_rng(1).random((len(prediction.CHANNELS), 6, 7, 9)).astype(np.float32)
-    inputs[prediction.BODY] = 1
-    expected = inputs[prediction.PRIOR] * prediction.DOSE_SCALE_GY
+    inputs = np.random.default_rng(1).random((len(encoding.CHANNELS), 6, 7, 9)).astype(np.float32)
+    inputs[encoding.BODY] = 1
+    expected = inputs[encoding.PRIOR] * encoding.DOSE_SCALE_GY
     for flip in (False, True):
-        np.testing.assert_allclose(prediction.predict_array(net, inputs, flip=flip), expected, rtol=1e-5)
+        np.testing.assert_allclose(inference.predict_array(net, inputs, flip=flip), expected, rtol=1e-5)
 
 
 def test_resumed_schedule_is_retimed_to_the_new_step_count():
@@ -221,11 +252,11 @@ def test_resumed_schedule_is_retimed_to_the_new_step_count():
     cfg = {"lr": 1e-3, "steps": 400}
     weights = torch.zeros(1, requires_grad=True)
     optimiser = torch.optim.AdamW([weights], lr=1e-3)
-    schedule = prediction._one_cycle(optimiser, cfg)
+    schedule = training.one_cycle(optimiser, cfg)
     for _ in range(50):
         optimiser.step()
         schedule.step()
-    prediction._retarget_schedule(schedule, {**cfg, "steps": 100})
+    training.retarget_schedule(schedule, {**cfg, "steps": 100})
     for _ in range(50):
         optimiser.step()
         schedule.step()
@@ -235,18 +266,18 @@ def test_resumed_schedule_is_retimed_to_the_new_step_count():
 def test_structure_weight_counts_oar_and_target_voxels_more_and_ignores_voxels_outside_the_possible_dose():
     import torch
 
-    x = torch.zeros(1, len(prediction.CHANNELS), 1, 1, 4)
-    x[0, prediction.BODY, 0, 0, :3] = 1  # voxels 0-2 may receive dose, voxel 3 may not
-    x[0, 1 + prediction.OARS.index("Larynx"), 0, 0, 0] = 1
-    x[0, prediction.TARGETS, 0, 0, 1] = 60 / prediction.DOSE_SCALE_GY
+    x = torch.zeros(1, len(encoding.CHANNELS), 1, 1, 4)
+    x[0, encoding.BODY, 0, 0, :3] = 1  # voxels 0-2 may receive dose, voxel 3 may not
+    x[0, 1 + encoding.OARS.index("Larynx"), 0, 0, 0] = 1
+    x[0, encoding.TARGETS, 0, 0, 1] = 60 / encoding.DOSE_SCALE_GY
     y = torch.zeros(1, 1, 1, 1, 4)
     pred = torch.tensor([1.0, 2.0, 4.0, 100.0]).reshape(y.shape)
-    loss, plain = prediction.weighted_l1(pred, y, x, 0.0)
+    loss, plain = losses.weighted_l1(pred, y, x, 0.0)
     assert float(loss) == pytest.approx(7 / 3) and plain == pytest.approx(7 / 3)
-    loss, plain = prediction.weighted_l1(pred, y, x, 1.0)
+    loss, plain = losses.weighted_l1(pred, y, x, 1.0)
     assert float(loss) == pytest.approx((2 * 1 + 2 * 2 + 4) / 5) and plain == pytest.approx(7 / 3)
-    x[0, prediction.TARGETS, 0, 0, 1] = 30 / prediction.DOSE_SCALE_GY  # a low-prescription target counts too
-    assert float(prediction.weighted_l1(pred, y, x, 1.0)[0]) == pytest.approx((2 * 1 + 2 * 2 + 4) / 5)
+    x[0, encoding.TARGETS, 0, 0, 1] = 30 / encoding.DOSE_SCALE_GY  # a low-prescription target counts too
+    assert float(losses.weighted_l1(pred, y, x, 1.0)[0]) == pytest.approx((2 * 1 + 2 * 2 + 4) / 5)
 
 
 def test_adversarial_mode_trains_checkpoints_the_discriminator_and_resumes(cohort, tmp_path):
@@ -256,10 +287,10 @@ def test_adversarial_mode_trains_checkpoints_the_discriminator_and_resumes(cohor
               "patch": None, "steps": 4, "validate_every": 4,
               "adversarial": {"weight": 0.1, "channels": 4, "layers": 2}}
     work = tmp_path / "gan"
-    first = prediction.train(cohort / "patients", work, config, cohort / "patients")
+    first = training.train(cohort / "patients", work, config, cohort / "patients")
     state = torch.load(work / "checkpoint.pt", weights_only=True)
     assert first["step"] == 4 and "discriminator" in state and "d_optimiser" in state
-    again = prediction.train(cohort / "patients", work, {**config, "steps": 6}, resume=True)
+    again = training.train(cohort / "patients", work, {**config, "steps": 6}, resume=True)
     resumed = torch.load(work / "checkpoint.pt", weights_only=True)["discriminator"]
     assert again["step"] == 6 and "resumed at step 4" in (work / "train.log").read_text()
     assert any(not torch.equal(resumed[k], state["discriminator"][k]) for k in resumed)  # it kept learning
@@ -271,21 +302,21 @@ def test_ensemble_averages_its_members_and_is_one_checksummed_model(tmp_path, ca
     from rtrai.models import write_model
 
     spec = {"type": "prior-unet", "channels": [4, 8], "strides": [2], "num_res_units": 1, "downsample": 2}
-    x = torch.rand(1, len(prediction.CHANNELS), 16, 16, 16)
+    x = torch.rand(1, len(encoding.CHANNELS), 16, 16, 16)
     folders, outputs = [], []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        network = prediction.build_network(spec).eval()
+        network = networks.build_network(spec).eval()
         with torch.no_grad():
             outputs.append(network(x))
         manifest = {"name": f"m{seed}", "version": "1", "task": "dose", "network": spec, "labels": ["Dose"],
-                    "inputs": {"channels": list(prediction.CHANNELS)}, "weights": "weights.safetensors"}
+                    "inputs": {"channels": list(encoding.CHANNELS)}, "weights": "weights.safetensors"}
         folders.append(str(write_model(tmp_path / f"m{seed}", network.state_dict(), manifest, half=False).parent))
     assert cli.main(["dose", "ensemble", *folders, "-o", str(tmp_path / "joined")]) == 0
     joined = json.loads((tmp_path / "joined" / "manifest.json").read_text())
     assert joined["network"]["members"] == 2 and len(joined["sha256"]) == 64
     assert [m["name"] for m in joined["training"]["members"]] == ["m0", "m1"]
-    predictor = prediction.DosePredictor(str(tmp_path / "joined"), "cpu")
+    predictor = inference.DosePredictor(str(tmp_path / "joined"), "cpu")
     with torch.no_grad():
         averaged = predictor.network.eval()(x)
     # The prior is shared, so averaging the corrections averages the predictions (up to the fp16 of shipped weights).
@@ -293,9 +324,9 @@ def test_ensemble_averages_its_members_and_is_one_checksummed_model(tmp_path, ca
     assert not torch.allclose(outputs[0], outputs[1], atol=3e-2)
     # An ensemble joins further models; a different network does not join.
     other = {**spec, "channels": [4, 16]}
-    write_model(tmp_path / "other", prediction.build_network(other).state_dict(),
+    write_model(tmp_path / "other", networks.build_network(other).state_dict(),
                 {"name": "other", "version": "1", "task": "dose", "network": other, "labels": ["Dose"],
-                 "inputs": {"channels": list(prediction.CHANNELS)}, "weights": "weights.safetensors"})
+                 "inputs": {"channels": list(encoding.CHANNELS)}, "weights": "weights.safetensors"})
     assert cli.main(["dose", "ensemble", str(tmp_path / "joined"), folders[0], "-o", str(tmp_path / "three")]) == 0
     assert json.loads((tmp_path / "three" / "manifest.json").read_text())["network"]["members"] == 3
     capsys.readouterr()
@@ -303,11 +334,11 @@ def test_ensemble_averages_its_members_and_is_one_checksummed_model(tmp_path, ca
     assert "cannot join" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     # A manifest that spells out a default joins; one that sees its inputs differently (cropped to the body) does not.
     spelled = {**json.loads((tmp_path / "m1" / "manifest.json").read_text()), "inference": {"crop_margin_vox": None}}
-    write_model(tmp_path / "spelled", prediction.build_network(spec).state_dict(),
+    write_model(tmp_path / "spelled", networks.build_network(spec).state_dict(),
                 {k: v for k, v in spelled.items() if k not in ("sha256", "folder")})
     assert cli.main(["dose", "ensemble", folders[0], str(tmp_path / "spelled"), "-o", str(tmp_path / "ok")]) == 0
     cropping = {**json.loads((tmp_path / "m1" / "manifest.json").read_text()), "inference": {"crop_margin_vox": 8}}
-    write_model(tmp_path / "cropping", prediction.build_network(spec).state_dict(),
+    write_model(tmp_path / "cropping", networks.build_network(spec).state_dict(),
                 {k: v for k, v in cropping.items() if k not in ("sha256", "folder")})
     assert cli.main(["dose", "ensemble", folders[0], str(tmp_path / "cropping"), "-o", str(tmp_path / "bad")]) == 2
     assert "cannot join" in capsys.readouterr().err
@@ -320,12 +351,12 @@ def test_average_of_snapshots_averages_weights(tmp_path, capsys):
 
     spec = {"type": "prior-unet", "channels": [4, 8], "strides": [2], "num_res_units": 1, "downsample": 2}
     manifest = {"name": "m", "version": "1", "task": "dose", "network": spec, "labels": ["Dose"],
-                "inputs": {"channels": list(prediction.CHANNELS)}, "weights": "weights.safetensors"}
+                "inputs": {"channels": list(encoding.CHANNELS)}, "weights": "weights.safetensors"}
     torch.manual_seed(0)
-    first = prediction.build_network(spec).state_dict()
+    first = networks.build_network(spec).state_dict()
     write_model(tmp_path / "best", first, manifest, half=False)
     torch.manual_seed(1)
-    last = prediction.build_network(spec).state_dict()
+    last = networks.build_network(spec).state_dict()
     torch.save({"network": last, "step": 9}, tmp_path / "checkpoint.pt")  # a training run's checkpoint
     assert cli.main(["dose", "average", str(tmp_path / "best"), str(tmp_path / "checkpoint.pt"),
                      "-o", str(tmp_path / "avg")]) == 0
@@ -333,7 +364,7 @@ def test_average_of_snapshots_averages_weights(tmp_path, capsys):
     key = next(k for k in first if first[k].is_floating_point() and first[k].numel() > 1)
     torch.testing.assert_close(averaged[key].float(), (first[key] + last[key]) / 2, atol=1e-3, rtol=0)
     other = {**spec, "channels": [4, 16]}
-    torch.save({"network": prediction.build_network(other).state_dict()}, tmp_path / "other.pt")
+    torch.save({"network": networks.build_network(other).state_dict()}, tmp_path / "other.pt")
     capsys.readouterr()
     assert cli.main(["dose", "average", str(tmp_path / "best"), str(tmp_path / "other.pt"), "-o",
                      str(tmp_path / "bad")]) == 2

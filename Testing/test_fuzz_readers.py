@@ -193,7 +193,7 @@ def test_segmentation_config_errors_are_one_line(tmp_path, text, needle):
 
 
 def test_config_loaders_refuse_non_utf8(tmp_path):
-    from rtrai.dose.commands import load_config as load_dose_config
+    from rtrai.dose.config import load_config as load_dose_config
     from rtrai.segmentation.config import load_config
 
     path = tmp_path / "config.yaml"

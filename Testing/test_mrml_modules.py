@@ -64,7 +64,8 @@ def test_targets_text_parses_guesses_and_reaches_the_dose_command_unchanged():
 
 def test_dose_prediction_inputs_have_exactly_the_chosen_targets_at_their_prescriptions(tmp_path):
     from rtrai.dose.commands import parse_prescription
-    from rtrai.dose.prediction import DosePredictor, prescription_levels
+    from rtrai.dose.encoding import prescription_levels
+    from rtrai.dose.inference import DosePredictor
 
     case = _small_phantom()
     nodes = mrml.case_to_scene(case)
@@ -318,3 +319,132 @@ def test_autosegment_job_result_and_comparison_metrics(tmp_path):
         r = _array(case.structures[row.structure]) > 0
         assert row.dsc == pytest.approx(2 * (p & r).sum() / (p.sum() + r.sum()), abs=1e-6)
         assert row.volume_ref_voxels == r.sum() and row.volume_pred_voxels == p.sum()
+
+
+# -- RTRadiomicsAILib: what the modules share, the parts that run without the Slicer application -------------------
+def _lib(name: str):
+    """A module of RTRadiomicsAILib, the Slicer-side package beside the hub module (its Qt parts need Slicer)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    folder = str(Path(__file__).resolve().parents[1] / "RTRadiomicsAI")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    return importlib.import_module(f"RTRadiomicsAILib.{name}")
+
+
+def test_the_hub_step_table_follows_the_step_events_of_a_real_run(tmp_path, monkeypatch):
+    from rtrai.pipeline import STEP_TITLES, STEPS, Options, run_case
+
+    workflow = _lib("workflow")
+    monkeypatch.delenv("RTRAI_PROGRESS", raising=False)
+    case = _small_phantom()
+    for name in ("PTV70", "PTV56"):  # no target: DosePredict and the DVH are skipped, so the run takes seconds
+        del case.structures[name]
+    case.dose, case.prescription = None, {}
+    events = []
+    run_case(case, tmp_path / "out", Options(keep_structures=True, scene=False), on_step=events.append)
+
+    table = workflow.emptySteps(STEPS, STEP_TITLES)
+    assert [(r["name"], r["title"], r["status"]) for r in table] == [(n, STEP_TITLES[n], "pending") for n in STEPS]
+    for event in events:  # one poll per event: the table after each is what the hub shows
+        before, table = table, workflow.applyStepEvents(table, [event])
+        row = next(r for r in table if r["name"] == event["name"])
+        assert (row["status"], row["seconds"], row["reason"]) == (event["status"], event["seconds"], event["reason"])
+        assert [r for r in table if r["name"] != event["name"]] == [r for r in before if r["name"] != event["name"]]
+        running = [r["name"] for r in table if r["status"] == "running"]
+        assert running == ([event["name"]] if event["status"] == "running" else [])
+    final = {s["name"]: s for s in json.loads((tmp_path / "out" / "provenance.json").read_text())["steps"]}
+    assert [r["name"] for r in table] == list(STEPS)
+    for row in table:
+        assert row["status"] == final[row["name"]]["status"]
+        assert row["seconds"] == pytest.approx(final[row["name"]]["seconds"], abs=2e-3)
+    # What the table's cells say: a skipped step gives its reason, a done step its summary.
+    segment = workflow.stepCells(next(r for r in table if r["name"] == "segment"))
+    assert segment[:2] == ("AutoSegment", "skipped") and "--keep-structures" in segment[3]
+    radiomics = workflow.stepCells(next(r for r in table if r["name"] == "radiomics"))
+    assert radiomics[1] == "done" and radiomics[3] == final["radiomics"]["summary"]
+    assert float(radiomics[2]) == pytest.approx(final["radiomics"]["seconds"], abs=0.051)
+
+
+def test_step_events_replace_rows_append_new_steps_and_refuse_other_statuses():
+    workflow = _lib("workflow")
+    table = workflow.emptySteps(["load", "dose"], {"load": "Load case", "dose": "DosePredict"})
+    event = {"case": "pt_1", "name": "load", "title": "Load case", "status": "running", "seconds": None,
+             "summary": None, "reason": None}
+    after = workflow.applyStepEvents(table, [event, {**event, "status": "done", "seconds": 1.25, "summary": "CT"},
+                                            {**event, "name": "plan", "title": "Plan", "status": "failed",
+                                             "seconds": 0.5, "reason": "no target"}])
+    assert [r["status"] for r in table] == ["pending", "pending"]  # the table given is left as it was
+    assert [(r["name"], r["status"], r["case"]) for r in after] == [("load", "done", "pt_1"), ("dose", "pending", None),
+                                                                    ("plan", "failed", "pt_1")]
+    assert workflow.stepCells(after[0]) == ("Load case", "done", "1.2", "CT")  # 1.25 s to one decimal
+    assert workflow.stepCells(after[2]) == ("Plan", "failed", "0.5", "no target")
+    assert workflow.stepCells(after[1]) == ("DosePredict", "pending", "", "")
+    assert [r["status"] for r in workflow.cancelledSteps(after)] == ["done", "cancelled", "failed"]
+    with pytest.raises(ValueError, match="'pending'"):
+        workflow.applyStepEvents(table, [{**event, "status": "pending"}])
+    with pytest.raises(KeyError):  # an event without the contract's keys is a bug of the sender
+        workflow.applyStepEvents(table, [{"name": "load", "status": "done"}])
+
+
+def test_heat_maps_load_as_volumes_on_their_own_grid(tmp_path):
+    results = _lib("results")
+    grid = Grid((40, 32, 24), (1.5, 2.0, 3.0), (-20.0, 10.0, 5.0), (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    rng = np.random.default_rng(0)
+    maps = {f"pt_{i}": rng.random((24, 32, 40)).astype(np.float32) for i in (2, 1)}
+    for patient, values in maps.items():
+        write_image(from_array(values, grid), tmp_path / "evaluation" / "gradcam" / f"{patient}.nrrd")
+    write_image(from_array(maps["pt_1"], grid), tmp_path / "qa" / "uncertainty" / "Parotid_L.nrrd")  # segment --qa
+    write_image(from_array(maps["pt_2"], grid), tmp_path / "qa" / "uncertainty" / "Parotid_R.nrrd")
+    write_image(from_array(maps["pt_2"], grid), tmp_path / "qa" / "Dose.nrrd")  # not a map: not loaded
+    write_image(from_array(maps["pt_1"], grid), tmp_path / "seg" / "gradcam_Parotid_L.nrrd")  # rtrai segment's
+
+    found = results.gradcamMaps(tmp_path / "evaluation")
+    assert [p.name for p in found] == ["pt_1.nrrd", "pt_2.nrrd"]
+    assert [p.name for p in results.uncertaintyMaps(tmp_path / "qa")] == ["Parotid_L.nrrd", "Parotid_R.nrrd"]
+    assert results.gradcamMaps(tmp_path / "qa") == [] and results.uncertaintyMaps(tmp_path / "evaluation") == []
+    segment = results.loadHeatMaps(results.gradcamMaps(tmp_path / "seg"), slicer.vtkMRMLScene(), "CT Grad-CAM")
+    assert [n.GetName() for n in segment] == ["CT Grad-CAM Parotid_L"]
+    scene = slicer.vtkMRMLScene()
+    nodes = results.loadHeatMaps(found, scene, "Grad-CAM")
+    assert [n.GetName() for n in nodes] == ["Grad-CAM pt_1", "Grad-CAM pt_2"]
+    assert _count(scene, "vtkMRMLScalarVolumeNode") == 2
+    for node, patient in zip(nodes, ("pt_1", "pt_2")):
+        assert grid.differences(mrml.node_grid(node)) == []  # LPS file -> RAS node -> the same grid back
+        np.testing.assert_array_equal(_array(mrml.volume_node_to_image(node)), maps[patient])
+        assert node.GetDisplayNode() is not None
+    with pytest.raises(InputError, match="not found"):
+        results.loadHeatMap(tmp_path / "evaluation" / "gradcam" / "pt_9.nrrd", scene, "x")
+
+
+def test_contour_and_plan_qa_tables_load_and_say_what_is_flagged(tmp_path):
+    results = _lib("results")
+    contour = pd.DataFrame({"structure": ["Parotid_L", "Parotid_R", "SpinalCord"], "volume": [False, False, True],
+                            "components": [False, True, True], "flagged": [False, True, True],
+                            "reason": ["", "2 components", "volume 3.1 cc outside 8.0-40.0 cc; 3 components"]})
+    contour.to_csv(tmp_path / results.CONTOUR_QA_FILE, index=False)
+    scene = slicer.vtkMRMLScene()
+    node = results.loadCsvTable(tmp_path / results.CONTOUR_QA_FILE, scene, "CT contour QA")
+    back = mrml.node_to_table(node)
+    assert list(back.columns) == list(contour.columns) and back["flagged"].tolist() == [False, True, True]
+    summary = results.describeContourQa(pd.read_csv(tmp_path / results.CONTOUR_QA_FILE))
+    assert summary.startswith("Contour QA: 2 of 3 structure(s) flagged") and "Parotid_R: 2 components" in summary
+    assert "Parotid_L" not in summary
+    again = results.loadCsvTable(tmp_path / results.CONTOUR_QA_FILE, scene, "ignored", node=node)
+    assert again is node and _count(scene, "vtkMRMLTableNode") == 1  # a rerun replaces the table's content
+    clean = contour.assign(flagged=False)
+    assert results.describeContourQa(clean) == "Contour QA: none of 3 structure(s) flagged."
+
+    qa = pd.DataFrame({"structure": ["Parotid_L", "Parotid_L", "PTV70", "SpinalCord"],
+                       "metric": ["Dmean", "D0.1cc", "D95", "D0.1cc"], "plan": [31.0, 60.0, 64.0, 40.0],
+                       "predicted": [25.0, 58.0, 69.0, 41.0], "excess": [6.0, 2.0, 5.0, -1.0],
+                       "flag": [True, False, True, False]})
+    qa.to_csv(tmp_path / "qa.csv", index=False)
+    read = pd.read_csv(tmp_path / "qa.csv")
+    assert results.describePlanQa(read) == ("Plan QA: 2 of 4 check(s) flagged: Parotid_L Dmean +6.0 Gy, "
+                                            "PTV70 D95 +5.0 Gy.")
+    assert results.describePlanQa(read.assign(flag=False)) == "Plan QA: no flag in 4 check(s)."
+    with pytest.raises(InputError, match="not found"):
+        results.loadCsvTable(tmp_path / "missing.csv", scene, "x")

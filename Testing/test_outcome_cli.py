@@ -144,7 +144,8 @@ def test_clinical_join_and_combat_batch(rtrai, tmp_path):
     features = table.drop(columns=["time", "event", "label"])
     features.to_csv(tmp_path / "features.csv", index=False)
     clinical.to_csv(tmp_path / "clinical.csv", index=False)
-    code, _, err = rtrai("outcome", "fit", "--table", tmp_path / "features.csv", "--clinical", tmp_path / "clinical.csv",
+    code, _, err = rtrai("outcome", "fit", "--table", tmp_path / "features.csv",
+                         "--clinical", tmp_path / "clinical.csv",
                          "--id", "PatientID", "--time", "time", "--event", "event", "--batch", "centre",
                          "--folds", 2, "--inner-folds", 2, "-o", tmp_path / "model")
     assert code == 0, err

@@ -314,17 +314,18 @@ def _string_constants(tree: ast.AST) -> set[str]:
     return {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
 
 
-@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.name)
-def test_background_jobs_get_the_hub_settings(module):
-    # The hub publishes its device and model folder settings as environment variables; a job started with Slicer's
+def test_background_jobs_get_the_hub_settings():
+    # Every module starts its jobs through RTRadiomicsAILib.jobs.startJob, the one place that passes the job
+    # environment (Slicer's startup environment + the hub's device and model folder): a job started with Slicer's
     # startup environment alone would run on the default device and miss the user's models.
-    path = module / f"{module.name}.py"
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-             and node.func.attr == "rtrai" and isinstance(node.func.value, ast.Name) and node.func.value.id == "Job"]
-    if not calls:
-        pytest.skip(f"{module.name} starts no background job")
-    assert all(any(k.arg == "env" for k in call.keywords) for call in calls), \
-        f"{path.name}: a Job.rtrai(...) call without env= (lines {[c.lineno for c in calls]})"
-    assert {"RTRAI_DEVICE", "RTRAI_MODEL_CACHE"} <= _string_constants(tree), \
-        f"{path.name} does not pass RTRAI_DEVICE and RTRAI_MODEL_CACHE to its jobs"
+    lib = REPO / "RTRadiomicsAI" / "RTRadiomicsAILib"
+    jobs = ast.parse((lib / "jobs.py").read_text(encoding="utf-8"))
+    calls = [n for n in ast.walk(jobs) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and n.func.attr == "rtrai" and getattr(n.func.value, "id", None) == "Job"]
+    assert calls and all(any(k.arg == "env" and ast.unparse(k.value) == "jobEnvironment()" for k in c.keywords)
+                         for c in calls)
+    settings = ast.parse((lib / "settings.py").read_text(encoding="utf-8"))
+    assert {"RTRAI_DEVICE", "RTRAI_MODEL_CACHE"} <= _string_constants(settings)
+    for module in MODULES:
+        source = (module / f"{module.name}.py").read_text(encoding="utf-8")
+        assert not re.search(r"\bJob(\.rtrai)?\(", source), f"{module.name} starts a job around startJob"

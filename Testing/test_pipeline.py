@@ -5,6 +5,7 @@ resume and go on after a failing case, and skipped steps that say why."""
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from rtrai import cli
 from rtrai.io.case_io import read_case, write_case
 from rtrai.io.segfile import read_segmentation
 from rtrai.phantom import make_phantom
-from rtrai.pipeline import OUTPUT_FILES
+from rtrai.pipeline import OUTPUT_FILES, STEPS
 
 # A throw-away dose model, trained as Testing/test_dose_prediction.py does (the shipped one is trained elsewhere).
 TINY = {"network": {"type": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
@@ -45,13 +46,14 @@ def _steps(folder) -> dict:
 def tiny_dose_model(tmp_path_factory):
     """A throw-away dose model, trained as Testing/test_dose_prediction.py does (12 steps: its doses are not good,
     which is not what these tests look at)."""
-    from rtrai.dose import prediction
+    from rtrai.dose import export
+    from rtrai.dose import train as training
 
     folder = tmp_path_factory.mktemp("tiny-dose")
     for seed in (0, 1):
         write_case(_small_case(seed), folder / "patients" / f"p{seed}")
-    result = prediction.train(folder / "patients", folder / "work", dict(TINY))
-    return prediction.export_model(folder / "work", {**TINY, "name": "tiny-dose"}, result, command="test").parent
+    result = training.train(folder / "patients", folder / "work", dict(TINY))
+    return export.export_model(folder / "work", {**TINY, "name": "tiny-dose"}, result, command="test").parent
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +154,10 @@ def test_run_openkbp_patient_writes_every_file(openkbp_pt201, tmp_path, capsys):
     record = _provenance(out)
     steps = _steps(out)
     assert record["command"] == "run" and record["status"] == "complete" and not record["synthetic_data"]
-    for name in ("load", "segment", "dvh", "radiomics", "report"):
+    for name in ("load", "segment", "qa", "dvh", "radiomics", "report"):
         assert steps[name]["status"] == "done", (name, steps[name]["reason"])
     assert steps["outcome"]["status"] == "skipped"
+    assert steps["plan"]["status"] == steps["plan_qa"]["status"] == "skipped"  # no --plan
     assert all(s["seconds"] >= 0 and s["peak_rss_mib"] > 0 for s in record["steps"])
     models = {m["role"]: m for m in record["models"]}
     assert models["segmentation"]["sha256"] == read_manifest("hn-oar-ct")["sha256"]
@@ -173,6 +176,8 @@ def test_run_openkbp_patient_writes_every_file(openkbp_pt201, tmp_path, capsys):
     # Structures: AutoSegment's organs, the input's targets; the replaced input organs kept voxel for voxel.
     masks, _ = read_segmentation(out / "Structures.seg.nrrd")
     assert {"PTV56", "PTV63", "PTV70"} <= set(masks) and len(set(masks) & set(steps_organs())) >= 6
+    with open(out / "contour_qa.csv", newline="") as handle:  # contour QA of every structure the run ends with
+        assert {r["structure"] for r in csv.DictReader(handle)} == set(masks)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(masks["PTV70"]),
                                   sitk.GetArrayFromImage(original.structures["PTV70"]))
     given, _ = read_segmentation(out / "InputStructures.seg.nrrd")
@@ -343,7 +348,7 @@ def test_run_output_loads_into_a_scene(demo_output):
     assert names == set(read_segmentation(demo_output / "Structures.seg.nrrd")[0])
     assert is_dose_volume(nodes["dose"])
     tables = nodes["tables"]
-    assert tables["Workflow steps"].GetNumberOfRows() == 7
+    assert tables["Workflow steps"].GetNumberOfRows() == len(STEPS)
     assert tables["Radiomics features"].GetNumberOfRows() == len(pd.read_csv(demo_output / "features.csv"))
     assert tables["DVH constraints"].GetNumberOfRows() == len(pd.read_csv(demo_output / "constraints.csv"))
     assert [s["status"] for s in nodes["steps"]][0] == "done" and nodes["report"].is_file()
@@ -358,7 +363,7 @@ def _small_case(seed: int = 0):
 
 
 def test_dose_step_predicts_keeps_the_input_dose_and_compares(tiny_dose_model, tmp_path):
-    from rtrai.dose.prediction import DosePredictor
+    from rtrai.dose.inference import DosePredictor
     from rtrai.models import read_manifest
 
     write_case(_small_case(2), tmp_path / "case")

@@ -55,12 +55,12 @@ def max_relative_difference(ours: dict, theirs: dict) -> float:
 @pytest.fixture
 def engine_only(monkeypatch):
     """Fail if voxel_maps hands any class to pyradiomics."""
-    from rtrai.radiomics import voxel
+    from rtrai.radiomics import voxel_maps
 
     def refuse(*args, **kwargs):
         raise AssertionError("pyradiomics was used")
 
-    monkeypatch.setattr(voxel, "_pyradiomics_maps", refuse)
+    monkeypatch.setattr(voxel_maps, "_pyradiomics_maps", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ CASES = ["blob", "tiny ROI", "single grey level", "single grey level, binCount",
 
 @pytest.mark.parametrize("case", CASES)
 def test_engine_equals_pyradiomics_edge_cases(case, engine_only):
-    from rtrai.radiomics.voxel import voxel_maps
+    from rtrai.radiomics.voxel_maps import voxel_maps
 
     image, mask, label, p = synthetic(case)
     ours = voxel_maps(image, mask, label, p)
@@ -164,7 +164,7 @@ def test_engine_equals_pyradiomics_edge_cases(case, engine_only):
 
 
 def test_engine_equals_pyradiomics_on_brain2(pyrad_data, engine_only):
-    from rtrai.radiomics.voxel import voxel_maps
+    from rtrai.radiomics.voxel_maps import voxel_maps
 
     image = sitk.ReadImage(str(pyrad_data / "brain2_image.nrrd"))
     mask = sitk.ReadImage(str(pyrad_data / "brain2_label.nrrd"))
@@ -179,8 +179,8 @@ def test_engine_equals_pyradiomics_on_brain2(pyrad_data, engine_only):
 def test_small_chunks_same_maps(case, monkeypatch, pyrad_data, engine_only):
     """Chunk boundaries (the memory bound) change nothing, MCC and the dense path included: chunks of a few voxels
     on a part of brain1 (the ROI cut by the crop) and on synthetic cases."""
-    from rtrai.radiomics import voxel_engine
-    from rtrai.radiomics.voxel import voxel_maps
+    from rtrai.radiomics import voxel_glcm, voxel_plan
+    from rtrai.radiomics.voxel_maps import voxel_maps
 
     if case == "brain1 part":
         image = sitk.ReadImage(str(pyrad_data / "brain1_image.nrrd"))[160:195, 100:130, 9:16]
@@ -188,23 +188,23 @@ def test_small_chunks_same_maps(case, monkeypatch, pyrad_data, engine_only):
         label, p = 1, params({"binWidth": 20})
     else:
         image, mask, label, p = synthetic(case)
-    monkeypatch.setattr(voxel_engine, "CHUNK_ENTRIES", 3000)
-    monkeypatch.setattr(voxel_engine, "DENSE_CHUNK_ELEMENTS", 5000)
+    monkeypatch.setattr(voxel_plan, "CHUNK_ENTRIES", 3000)
+    monkeypatch.setattr(voxel_glcm, "DENSE_CHUNK_ELEMENTS", 5000)
     ours = voxel_maps(image, mask, label, p)
     assert max_relative_difference(ours, pyradiomics_maps(image, mask, label, p)) == 0.0, EXACT_MESSAGE
 
 
 def test_other_classes_from_pyradiomics_in_order(monkeypatch):
     """firstorder + GLCM by the engine, GLRLM by pyradiomics, maps in pyradiomics' order."""
-    from rtrai.radiomics import voxel_engine
-    from rtrai.radiomics.voxel import voxel_maps
+    from rtrai.radiomics import voxel_maps as module
+    from rtrai.radiomics.voxel_maps import voxel_maps
 
     image, mask, label, _ = synthetic("blob")
     p = params(classes={"glrlm": ["RunEntropy", "ShortRunEmphasis"], "firstorder": ["Median", "Mean"],
                         "glcm": ["Idmn"]})
     used = []
-    compute = voxel_engine.compute
-    monkeypatch.setattr(voxel_engine, "compute", lambda *a: used.append(a[-1].engine_classes) or compute(*a))
+    compute = module.compute
+    monkeypatch.setattr(module, "compute", lambda *a: used.append(a[-1].engine_classes) or compute(*a))
     ours = voxel_maps(image, mask, label, p)
     assert used == [["firstorder", "glcm"]]
     assert list(ours) == ["original_glrlm_RunEntropy", "original_glrlm_ShortRunEmphasis",
@@ -219,30 +219,31 @@ def test_other_classes_from_pyradiomics_in_order(monkeypatch):
     {"voxel": {"voxelBatch": 50}},  # several batches (declined by compute(), once the ROI size is known)
 ])
 def test_unsupported_settings_fall_back_to_pyradiomics(change):
-    from rtrai.radiomics import voxel_engine
-    from rtrai.radiomics.voxel import voxel_maps
+    from rtrai.radiomics import voxel_plan
+    from rtrai.radiomics.voxel_maps import voxel_maps
 
     image, mask, label, _ = synthetic("blob")
     p = params(**change)
     if "voxel" not in change:
-        with pytest.raises(voxel_engine.Unsupported):
-            voxel_engine.plan(p)
+        with pytest.raises(voxel_plan.Unsupported):
+            voxel_plan.plan(p)
     max_relative_difference(voxel_maps(image, mask, label, p), pyradiomics_maps(image, mask, label, p))
 
 
 def test_voxel_batch_smaller_than_roi_declined():
-    from rtrai.radiomics import voxel_engine
+    from rtrai.radiomics.voxel_maps import compute
+    from rtrai.radiomics.voxel_plan import Unsupported, plan
 
     image, mask, label, _ = synthetic("blob")
-    with pytest.raises(voxel_engine.Unsupported, match="voxelBatch"):
-        voxel_engine.compute(image, mask, label, voxel_engine.plan(params(voxel={"voxelBatch": 50})))
-    big = voxel_engine.plan(params(voxel={"voxelBatch": 10_000}))  # one batch: the engine computes it
-    assert voxel_engine.compute(image, mask, label, big)
+    with pytest.raises(Unsupported, match="voxelBatch"):
+        compute(image, mask, label, plan(params(voxel={"voxelBatch": 50})))
+    big = plan(params(voxel={"voxelBatch": 10_000}))  # one batch: the engine computes it
+    assert compute(image, mask, label, big)
 
 
 def test_resampling_preset_settings_use_pyradiomics_preprocessing(engine_only):
     """Resampling (as in the CT preset) is pyradiomics' own pre-processing, then our engine."""
-    from rtrai.radiomics.voxel import voxel_maps
+    from rtrai.radiomics.voxel_maps import voxel_maps
 
     image, mask, label, _ = synthetic("blob")
     p = params({"resampledPixelSpacing": [1.5, 1.5, 1.5], "interpolator": "sitkBSpline", "voxelArrayShift": 1000})
@@ -251,7 +252,7 @@ def test_resampling_preset_settings_use_pyradiomics_preprocessing(engine_only):
 
 def test_invalid_input_still_reported():
     from rtrai.core.errors import InputError
-    from rtrai.radiomics.voxel import voxel_maps
+    from rtrai.radiomics.voxel_maps import voxel_maps
 
     image, mask, _, _ = synthetic("blob")
     with pytest.raises(InputError, match="invalid radiomics parameters"):
@@ -262,7 +263,7 @@ def test_invalid_input_still_reported():
 
 def test_pyradiomics_path_parallel_identical(monkeypatch, pyrad_data):
     """The pyradiomics path (RTRAI_VOXEL_ENGINE=pyradiomics) split over 2 processes gives its maps bit for bit."""
-    from rtrai.radiomics.voxel import voxel_maps
+    from rtrai.radiomics.voxel_maps import voxel_maps
 
     monkeypatch.setenv("RTRAI_VOXEL_ENGINE", "pyradiomics")
     image = sitk.ReadImage(str(pyrad_data / "breast1_image.nrrd"))

@@ -81,12 +81,13 @@ def synthetic_cohort(tmp_path_factory) -> Path:
 
 
 def tiny_config(**changes) -> dict:
-    from rtrai.segmentation.config import DEFAULTS, _merge
+    from rtrai.io.settings import merge
+    from rtrai.segmentation.config import DEFAULTS
 
-    config = _merge(DEFAULTS, {"name": "tiny", "labels": ["Brainstem", "Parotid_L", "Parotid_R"],
-                               "network": TINY_NET, "patch": [16, 16, 16], "steps": 40, "warmup": 5, "lr": 5e-3,
-                               "log_every": 2, "validation": {"data": None}})
-    return _merge(config, changes)
+    config = merge(DEFAULTS, {"name": "tiny", "labels": ["Brainstem", "Parotid_L", "Parotid_R"],
+                              "network": TINY_NET, "patch": [16, 16, 16], "steps": 40, "warmup": 5, "lr": 5e-3,
+                              "log_every": 2, "validation": {"data": None}})
+    return merge(config, changes)
 
 
 # ---- loss and augmentation -------------------------------------------------------------------------------------
@@ -645,11 +646,11 @@ def test_segment_dicom_folder_to_rtstruct(openkbp_pt201, model_for_cli, tmp_path
     from rtrai.core.case import Case
     from rtrai.io.case_io import read_case
 
-    dicomrt = pytest.importorskip("rtrai.io.dicomrt")
+    dicom_export = pytest.importorskip("rtrai.io.dicomrt_export")
     if model_for_cli != "hn-oar-ct":
         pytest.skip("needs the shipped hn-oar-ct: an untrained model's speckle makes thousands of RTSTRUCT contours")
     ct = read_case(openkbp_pt201).ct
-    dicomrt.write_dicom_case(Case(ct=ct, metadata={"patient_id": "pt_201"}), tmp_path / "dcm")
+    dicom_export.write_dicom_case(Case(ct=ct, metadata={"patient_id": "pt_201"}), tmp_path / "dcm")
     assert rtrai("segment", tmp_path / "dcm", "-o", tmp_path / "out", "--model", model_for_cli,
                  "--format", "dicom") == 0
     assert (tmp_path / "out" / "RTSTRUCT.dcm").is_file()

@@ -18,6 +18,9 @@ fi
 # The CPU build of torch first: an open `torch` requirement would otherwise pull a multi-GB CUDA build.
 "$PYTHON" -m pip install -q "torch==2.13.0"
 "$PYTHON" -m pip install -q -e ".[all]"
+# pyRadPlan (rtrai plan) without its declared dependencies: they cap numpy below 2.4 (it runs on 2.4) and pull
+# pydantic-ai's LLM stack; the [plan] extra above installs what it imports.
+"$PYTHON" -m pip install -q --no-deps "pyRadPlan==0.5.0"
 
 # shap depends on a PyPI package named `slicer` that shares its folder with slicer-core's `slicer` meta-package;
 # when it is installed last it hides MRML. Reinstalling slicer-core restores the meta-package (which keeps shap's

@@ -26,7 +26,8 @@ def main() -> int:
         return 0
     import torch
 
-    from rtrai.dose.prediction import DosePredictor, _pad_to, body_box, encode_inputs, inference_settings
+    from rtrai.dose.encoding import body_box, encode_inputs, pad_to
+    from rtrai.dose.inference import DosePredictor, inference_settings
     from rtrai.io.images import write_image
 
     model = sys.argv[1] if len(sys.argv) > 1 else "hn-dose-openkbp"
@@ -46,7 +47,7 @@ def main() -> int:
             inputs = encode_inputs(case)
             if margin is not None:  # the forward pass sees what the model's inference sees: the possible-dose box
                 inputs = inputs[(slice(None),) + body_box(inputs, int(margin))]
-            padded, _ = _pad_to(inputs, int(np.prod(predictor.network.strides)))
+            padded, _ = pad_to(inputs, int(np.prod(predictor.network.strides)))
             start = time.perf_counter()
             with torch.inference_mode():
                 predictor.network(torch.from_numpy(padded[None]))

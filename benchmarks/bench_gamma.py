@@ -25,7 +25,7 @@ PT = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp" / "vali
 
 def plan_and_predicted() -> tuple[sitk.Image, sitk.Image]:
     """The plan dose and the shipped model's prediction, both as rtrai reads and writes them (same grid)."""
-    from rtrai.dose.prediction import DosePredictor
+    from rtrai.dose.inference import DosePredictor
 
     predictor = DosePredictor("hn-dose-openkbp", "cpu")
     case = predictor.read(PT)

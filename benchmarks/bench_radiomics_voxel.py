@@ -51,10 +51,10 @@ def main() -> int:
     import radiomics
     from radiomics.featureextractor import RadiomicsFeatureExtractor
 
-    from rtrai.radiomics import voxel_engine
-    from rtrai.radiomics.voxel import voxel_maps
+    from rtrai.radiomics import voxel_plan
+    from rtrai.radiomics.voxel_maps import voxel_maps
 
-    assert voxel_engine.ENGINE_CLASSES  # imported before the clock starts (voxel_maps imports it lazily)
+    assert voxel_plan.ENGINE_CLASSES  # imported before the clock starts (voxel_maps imports it lazily)
 
     # pyradiomics logs MCC's failure on kernels with an empty angle as an error, and warns of all-NaN means
     warnings.simplefilter("ignore", RuntimeWarning)  # its all-NaN means

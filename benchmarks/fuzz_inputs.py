@@ -427,7 +427,8 @@ def nrrd_mutation(rng: random.Random, data: bytes) -> tuple[bytes, str]:
         b"endian": [b"big", b"middle", b""],
         b"space directions": [b"(0,0,0) (0,14,0) (0,0,10)", b"(nan,0,0) (0,14,0) (0,0,10)",
                               b"(inf,0,0) (0,1,0) (0,0,1)", b"none (0,1,0) (0,0,1)", b"(1,0) (0,1) (0,0)",
-                              b"(1,0,0) (1,0,0) (0,0,1)", b"(-14,0,0) (0,-14,0) (0,0,-10)", b"(1e308,0,0) (0,1,0) (0,0,1)"],
+                              b"(1,0,0) (1,0,0) (0,0,1)", b"(-14,0,0) (0,-14,0) (0,0,-10)",
+                              b"(1e308,0,0) (0,1,0) (0,0,1)"],
         b"space origin": [b"(nan,nan,nan)", b"(inf,0,0)", b"(1,2)", b"(1e309,0,0)", b"()", b"1 2 3"],
         b"space": [b"right-anterior-superior", b"scanner-xyz", b"3D-right-handed", b"nonsense", b""],
         b"kinds": [b"domain domain", b"list domain domain domain domain", b"RGB-color domain domain", b"?"],
@@ -707,7 +708,7 @@ class DoseConfig(_FileReader):
     mutators = (text_mutation, _yaml_tree, _yaml_tree)
 
     def read(self, path, rng):
-        from rtrai.dose.commands import load_config
+        from rtrai.dose.config import load_config
 
         load_config(str(path))
 

@@ -18,6 +18,8 @@ from rtrai.core.errors import RTRAIError
 OUTPUT_DESTS = ("output", "outdir")
 # Inputs that may lie inside the output folder (a training run may start from a model in its own work folder).
 MAY_LIE_INSIDE_OUTPUT = ("init",)
+# Arguments that are never paths (a Dask address or "local", a memory size, column names), whatever their text.
+NOT_PATHS = ("scheduler", "worker_memory", "endpoint")
 
 # Sub-command modules, in the order they appear in --help.
 COMMAND_MODULES = (
@@ -28,6 +30,7 @@ COMMAND_MODULES = (
     "rtrai.segmentation.commands",
     "rtrai.dose.commands",
     "rtrai.dose.evaluation_commands",
+    "rtrai.plan.commands",
     "rtrai.pipeline",
     "rtrai.demo",
 )
@@ -93,8 +96,8 @@ def check_paths(args: argparse.Namespace) -> None:
 
     for dest in OUTPUT_DESTS:
         for output in strings(getattr(args, dest, None)):
-            inputs = [v for key, value in vars(args).items() if key not in OUTPUT_DESTS + MAY_LIE_INSIDE_OUTPUT
-                      for v in strings(value)]
+            inputs = [v for key, value in vars(args).items()
+                      if key not in OUTPUT_DESTS + MAY_LIE_INSIDE_OUTPUT + NOT_PATHS for v in strings(value)]
             inside = [v for key in MAY_LIE_INSIDE_OUTPUT for v in strings(getattr(args, key, None))]
             check_output(output, inputs, "-o" if dest == "output" else "OUTDIR", inside)
 

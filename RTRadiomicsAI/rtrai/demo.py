@@ -1,10 +1,10 @@
 """``rtrai demo -o OUT``: the main job on built-in data, with no downloads.
 
 1. With ``--phantom``, a small synthetic cohort for the outcome step: phantom patients (``rtrai.phantom``, seeds
-   1..N; the phantom demo case, seed 0, is not among them) with cheap features from the pipeline's own radiomics code (shape and first-order
-   of the PTV70 and the parotids, DVH columns of the phantom's dose) and a *planted* endpoint: exponential times to
-   "locoregional failure" with log hazard ``1.0 z(PTV70 volume) - 0.8 z(PTV70 D98%)`` and uniform censoring. A
-   LASSO-Cox model is fitted on it (nested cross-validation) into ``OUT/outcome-model/``.
+   1..N; the phantom demo case, seed 0, is not among them) with cheap features from the pipeline's own radiomics code
+   (shape and first-order of the PTV70 and the parotids, DVH columns of the phantom's dose) and a *planted* endpoint:
+   exponential times to "locoregional failure" with log hazard ``1.0 z(PTV70 volume) - 0.8 z(PTV70 D98%)`` and uniform
+   censoring. A LASSO-Cox model is fitted on it (nested cross-validation) into ``OUT/outcome-model/``.
 2. The built-in real case, OpenKBP patient pt_236 (``rtrai/data/openkbp``, MIT; no shipped model was trained or
    selected on it), through the whole pipeline (:func:`rtrai.pipeline.run_case`) with the shipped models:
    AutoSegment against the plan's own contours, DosePredict against the plan's own dose, ``OUT/report.html``, the

@@ -14,7 +14,10 @@ import SimpleITK as sitk
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
-from RTRadiomicsAI import ENV_DEVICE, RTRadiomicsAILogic
+from RTRadiomicsAI import RTRadiomicsAILogic
+from RTRadiomicsAILib import workflow
+from RTRadiomicsAILib.jobs import startJob
+from RTRadiomicsAILib.settings import ENV_DEVICE, jobEnvironment
 
 
 class RTRadiomicsAIModuleTest(ScriptedLoadableModuleTest):
@@ -29,7 +32,7 @@ class RTRadiomicsAIModuleTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         for test in (self.test_LoadCaseFolder, self.test_RefusedInputAddsNothing, self.test_SettingsReachJobs,
-                     self.test_PackageStatus, self.test_WorkflowStepsFromMessages, self.test_WorkflowRunsAndLoads):
+                     self.test_PackageStatus, self.test_WorkflowStepsFromEvents, self.test_WorkflowRunsAndLoads):
             self.setUp()
             try:
                 test()
@@ -102,13 +105,13 @@ class RTRadiomicsAIModuleTest(ScriptedLoadableModuleTest):
             from rtrai.core.jobs import Job, python_executable
 
             script = "import os; print(os.environ['RTRAI_DEVICE'], os.environ['RTRAI_MODEL_CACHE'])"
-            job = Job([python_executable(), "-c", script], env=logic.jobEnvironment()).start()
+            job = Job([python_executable(), "-c", script], env=jobEnvironment()).start()
             self.assertEqual(job.wait(120).state, "succeeded", job.log)
             self.assertEqual(job.log[-1], f"cpu {self.folder / 'models'}")
 
             # ... and a real background `rtrai` command runs to success.
 
-            job = logic.backgroundJob("--help").start()
+            job = startJob("--help")
             self.assertEqual(job.wait(120).state, "succeeded", job.log)
             self.assertTrue(any(line.startswith("usage: rtrai") for line in job.log), job.log)
         finally:
@@ -124,15 +127,18 @@ class RTRadiomicsAIModuleTest(ScriptedLoadableModuleTest):
         present = {s.package.module for s in status if s.present}
         self.assertTrue({"SimpleITK", "pydicom"} <= present, present)
 
-    def test_WorkflowStepsFromMessages(self):
+    def test_WorkflowStepsFromEvents(self):
+        from rtrai.pipeline import STEPS
+
         logic = RTRadiomicsAILogic()
         steps = logic.emptySteps()
-        self.assertEqual([s["status"] for s in steps], ["pending"] * 7)
-        steps = logic.stepsFromMessage("dose: DosePredict", steps)
-        self.assertEqual([s["status"] for s in steps][:4], ["finished", "finished", "running", "pending"])
-        steps = logic.stepsFromMessage("dose: skipped", steps)
-        self.assertEqual(steps[2]["status"], "skipped")
-        self.assertEqual(logic.stepsFromMessage("not a step", steps), steps)
+        self.assertEqual([s["name"] for s in steps], list(STEPS))
+        self.assertEqual({s["status"] for s in steps}, {"pending"})
+        event = {"case": "pt_1", "name": "dose", "title": "DosePredict", "status": "running", "seconds": None,
+                 "summary": None, "reason": None}
+        steps = workflow.applyStepEvents(steps, [event, {**event, "status": "done", "seconds": 2.5}])
+        self.assertEqual(steps[STEPS.index("dose")]["status"], "done")
+        self.assertEqual(workflow.cancelledSteps(steps)[0]["status"], "cancelled")
         self.assertEqual(logic.workflowArguments("in", "out", True, "model"),
                          ["run", "in", "-o", "out", "--keep-structures", "--outcome-model", "model"])
 
@@ -148,11 +154,17 @@ class RTRadiomicsAIModuleTest(ScriptedLoadableModuleTest):
         job = logic.startWorkflow(self.folder, output, keepStructures=True)
         deadline = time.time() + 600
         steps = logic.emptySteps()
-        while not job.poll().finished and time.time() < deadline:
-            steps = logic.stepsFromMessage(job.poll().message or "", steps)
+        while time.time() < deadline:
+            update = job.poll()
+            steps = workflow.applyStepEvents(steps, update.steps)
+            if update.finished:
+                break
             slicer.app.processEvents()
             time.sleep(0.2)
         self.assertEqual(job.state, "succeeded", job.log[-20:])
+        followed = {s["name"]: s["status"] for s in steps}  # from the events alone, before provenance.json is read
+        self.assertEqual(followed["segment"], "skipped")
+        self.assertEqual(followed["radiomics"], "done")
         loaded = logic.loadResults(output)
         self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(loaded["ct"].GetID()))
         self.assertIn("DVH constraints", loaded["tables"])

@@ -7,13 +7,16 @@ the same class runs (and is tested) outside Slicer.
 
 The child is started with ``RTRAI_PROGRESS=lines`` so that :func:`rtrai.core.progress.default` prints the
 ``<filter-progress>F</filter-progress>`` / ``<filter-comment>M</filter-comment>`` lines (Slicer's convention for
-processes it follows) that :meth:`Job.poll` turns into a fraction and a message. Two reader threads drain stdout and
+processes it follows) that :meth:`Job.poll` turns into a fraction and a message, and ``rtrai run`` prints one
+``<rtrai-step>{JSON}</rtrai-step>`` line per change of a step's status, which :meth:`Job.poll` hands over as
+``JobUpdate.steps`` (dicts: case, name, title, status, seconds, summary, reason). Two reader threads drain stdout and
 stderr so that a chatty child never blocks on a full pipe.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -32,6 +35,7 @@ FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
 
 _PROGRESS = re.compile(r"^\s*<filter-progress>\s*([-+0-9.eE]+)\s*</filter-progress>\s*$")
 _COMMENT = re.compile(r"^\s*<filter-comment>(.*)</filter-comment>\s*$")
+_STEP = re.compile(r"^\s*<rtrai-step>(.*)</rtrai-step>\s*$")
 
 # Folder that holds the ``rtrai`` package: put on the child's PYTHONPATH so ``-m rtrai`` works even when the
 # interpreter we start does not have it on its path (PythonSlicer started from an extension folder).
@@ -40,17 +44,32 @@ _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 @dataclass
 class JobUpdate:
-    """What :meth:`Job.poll` reports: current state, latest fraction (0..1) and message, and the log lines (stdout
-    and stderr, progress markup removed) printed since the previous poll."""
+    """What :meth:`Job.poll` reports: current state, latest fraction (0..1) and message, the log lines (stdout and
+    stderr, progress markup and step events removed) printed since the previous poll, and the step events (dicts, see
+    :mod:`rtrai.pipeline.runner`) received since the previous poll, in order."""
 
     state: str
     fraction: float
     message: str
     lines: list[str] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
+
+
+def _step_event(line: str) -> dict | None:
+    """The event of a ``<rtrai-step>{JSON}</rtrai-step>`` line; None for any other line (a line that only looks like
+    one stays a log line)."""
+    match = _STEP.match(line)
+    if not match:
+        return None
+    try:
+        event = json.loads(match.group(1))
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
 
 
 def python_executable() -> str:
@@ -114,6 +133,7 @@ class Job:
         self._message = ""
         self._last_error = ""
         self.log: list[str] = []
+        self.steps: list[dict] = []  # every step event received, in order
 
     @classmethod
     def rtrai(cls, *args: str, env: Mapping[str, str] | None = None, cwd=None, temporary=()) -> Job:
@@ -154,7 +174,7 @@ class Job:
 
     def poll(self) -> JobUpdate:
         """Drain what the child printed since the last call; never blocks. Safe to call after it finished."""
-        lines = []
+        lines, steps = [], []
         while True:
             try:
                 name, line = self._queue.get_nowait()
@@ -169,14 +189,19 @@ class Job:
                 if comment:
                     self._message = comment.group(1)
                     continue
+                event = _step_event(line)
+                if event is not None:
+                    steps.append(event)
+                    continue
             elif line.strip():
                 self._last_error = line.strip()
             lines.append(line)
         self.log.extend(lines)
+        self.steps.extend(steps)
         state = self.state
         if state == SUCCEEDED:
             self._fraction = 1.0
-        return JobUpdate(state, self._fraction, self._message, lines)
+        return JobUpdate(state, self._fraction, self._message, lines, steps)
 
     @property
     def state(self) -> str:

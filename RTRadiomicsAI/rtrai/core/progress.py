@@ -6,6 +6,8 @@ Library functions take ``progress: Progress | None``. A :class:`Progress` is a c
 - :func:`machine_lines` prints ``<filter-progress>F</filter-progress>`` and ``<filter-comment>M</filter-comment>``
   lines on stdout, the convention Slicer uses to follow a process it started (our modules parse the same lines).
 ``rtrai`` picks :func:`machine_lines` when ``RTRAI_PROGRESS=lines`` is set (the modules set it), else a terminal bar.
+With machine lines, work made of named steps (``rtrai run``) also prints one ``<rtrai-step>{JSON}</rtrai-step>`` line
+per change of a step's status (:func:`print_step_event`), which :class:`rtrai.core.jobs.Job` hands over as events.
 """
 
 from __future__ import annotations
@@ -58,11 +60,27 @@ class terminal:  # noqa: N801 - used like a function: progress=terminal("Convert
             self._bar.close()
 
 
+def machine_lines_enabled() -> bool:
+    """True when progress goes out as machine lines (``RTRAI_PROGRESS=lines``: a Slicer module follows the process)."""
+    return os.environ.get("RTRAI_PROGRESS") == "lines"
+
+
 def default(desc: str = "") -> Progress:
     """The progress sink the command line uses: machine lines for Slicer, a tqdm bar for people."""
-    if os.environ.get("RTRAI_PROGRESS") == "lines":
+    if machine_lines_enabled():
         return machine_lines()
     return terminal(desc)
+
+
+STEP_EVENT_TAG = "rtrai-step"  # <rtrai-step>{JSON}</rtrai-step>: one step event (rtrai.pipeline.runner)
+
+
+def print_step_event(event: dict, stream=None) -> None:
+    """Print a step event as one ``<rtrai-step>{JSON}</rtrai-step>`` line (JSON on one line, never a newline)."""
+    import json
+
+    text = json.dumps(event, ensure_ascii=True, separators=(",", ":"))
+    print(f"<{STEP_EVENT_TAG}>{text}</{STEP_EVENT_TAG}>", file=stream or sys.stdout, flush=True)
 
 
 def track(items: Iterable[T], progress: Progress | None, total: int | None = None, message: str = "",

@@ -7,7 +7,7 @@ the radiological depth (density-weighted path in mm from where the ray enters th
 per level the result is scaled by ``Rx / 70 Gy`` and the maximum over levels kept, as the geometric prior does. It is
 zero outside the body.
 
-What it adds to the isotropic fall-off of :func:`rtrai.dose.prediction.geometric_prior`: the dose spreads along beam
+What it adds to the isotropic fall-off of :func:`rtrai.dose.encoding.geometric_prior`: the dose spreads along beam
 paths (a star, not a ball), attenuated by the anatomy it crosses (bone, air), with the entrance dose where the beams
 enter. Computed per axial slice by rotating the slice so that the beam runs along an array axis (torch
 ``grid_sample``, z as the batch) on the slices the targets span.

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 from rtrai.core.commands import nested
 
 FORMATS = ("nrrd", "openkbp", "dicom")
-CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def register(sub) -> None:
@@ -22,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--format", default="nrrd", choices=FORMATS, dest="fmt")
     p.add_argument("--prescription", help="target prescriptions, e.g. PTV70=70,PTV56=56 (default: from the case)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    from rtrai.core.workers import add_cluster_arguments
+
+    add_cluster_arguments(p)  # a folder of patients: --jobs N processes, or each patient a task on Dask
     p.set_defaults(func=run_predict)
 
     t = dose.add_parser("train", help="train a dose-prediction model (background-friendly, resumable)")
@@ -44,32 +47,6 @@ def register(sub) -> None:
                    help="a model folder first, then model folders or the run's checkpoint.pt")
     a.add_argument("-o", "--output", required=True, metavar="MODEL_DIR", help="the averaged model")
     a.set_defaults(func=run_average)
-
-
-def load_config(name_or_path: str) -> dict:
-    """A dose training config (YAML file or shipped name), checked: a mapping of known settings, each of its
-    default's type; YAML mistakes are one line naming the file, line and column."""
-    from rtrai.core.errors import InputError
-    from rtrai.dose.prediction import DEFAULT_CONFIG
-    from rtrai.segmentation.config import check_types, read_settings_file
-
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = CONFIGS / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise InputError(f"dose config not found: {name_or_path} (shipped: "
-                         f"{', '.join(p.stem for p in sorted(CONFIGS.glob('*.yaml')))})")
-    config = read_settings_file(path)
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise InputError(f"{path}: a dose config must be a mapping of settings, not {type(config).__name__}")
-    known = {**DEFAULT_CONFIG, "name": "dose-model", "validation_cases": 8}
-    unknown = sorted((k for k in config if k not in known), key=str)
-    if unknown:
-        raise InputError(f"{path}: unknown config keys {', '.join(map(repr, unknown))}")
-    check_types(known, config, f"{path}:")
-    return config
 
 
 def parse_prescription(text: str | None) -> dict[str, float]:
@@ -101,7 +78,9 @@ def parse_prescription(text: str | None) -> dict[str, float]:
 
 
 def run_train(args) -> int:
-    from rtrai.dose.prediction import export_model, train
+    from rtrai.dose.config import load_config
+    from rtrai.dose.export import export_model
+    from rtrai.dose.train import train
 
     config = load_config(args.config)
     workdir = Path(args.output)
@@ -113,7 +92,7 @@ def run_train(args) -> int:
 
 
 def run_ensemble(args) -> int:
-    from rtrai.dose.prediction import join_models
+    from rtrai.dose.export import join_models
 
     manifest = join_models(args.models, args.output)
     print(f"joined {len(args.models)} models into {manifest.parent} (evaluate it before shipping: its metrics are "
@@ -130,37 +109,64 @@ def run_average(args) -> int:
 
 
 def run_predict(args) -> int:
-    from rtrai.core import provenance
-    from rtrai.core.errors import RTRAIError
-    from rtrai.core.outputs import output_folder
-    from rtrai.core.progress import default, track
-    from rtrai.dose.prediction import DosePredictor
+    from functools import partial
+
+    from rtrai.core.progress import default
+    from rtrai.core.workers import finished_result, run_cases
     from rtrai.io.case_io import patients_or_case
 
     prescription = parse_prescription(args.prescription)  # bad input is said before the model loads
     source, out = Path(args.input), Path(args.output)
     patients = patients_or_case(source)
-    predictor = DosePredictor(args.model, args.device)
-    jobs = [(source, out)] if patients is None else [(p, out / p.name) for p in patients]
-    failures = []
-    for path, target in track(jobs, default("Predicting dose") if len(jobs) > 1 else None, message=""):
-        try:
-            case = predictor.read(path, prescription)
-            case.dose = predictor.predict(case)
-            with output_folder(target) as tmp:
-                written = _write(case, tmp, args.fmt)
-                provenance.write(tmp, provenance.record("dose predict", {"format": args.fmt,
-                                                                         "prescription": case.prescription},
-                                                        inputs=[path], models=[predictor.model_info],
-                                                        extra={"written": written}))
-        except RTRAIError as exc:
-            if len(jobs) == 1:
-                raise
-            failures.append(f"{path.name}: {exc}")
+    predictor = _dose_predictor(args.model, args.device)  # a model that cannot load is said before any case
+    if patients is None:
+        _predict_case(args.model, args.device, prescription, args.fmt, (source, out), skip_finished=False)
+        print(f"predicted 1 of 1 into {out}")
+        return 0
+    jobs = [(p, out / p.name) for p in patients]
+    todo = [job for job in jobs if not finished_result(job[1], "dose predict", [job[0]], [predictor.model_info],
+                                                       {"format": args.fmt})]
+    task = partial(_predict_case, args.model, args.device, prescription, args.fmt)
+    failures = []  # one bad patient must not stop a cohort; finished patients are skipped
+    for index, _, error in run_cases(task, todo, args.jobs, args.scheduler, args.worker_memory,
+                                     start_method="spawn", progress=default("Predicting dose"),  # torch: never fork
+                                     names=[path.name for path, _ in todo]):
+        if error:
+            failures.append(f"{todo[index][0].name}: {error}")
+    if len(todo) < len(jobs):
+        print(f"{len(jobs) - len(todo)} patients finished before (same input, model and format): kept")
     for line in failures:
         print(f"rtrai: error: {line}", file=sys.stderr)
     print(f"predicted {len(jobs) - len(failures)} of {len(jobs)} into {out}")
     return 2 if failures else 0
+
+
+@lru_cache(maxsize=1)
+def _dose_predictor(model: str, device: str):
+    """The model, loaded once per process (each Dask or pool worker loads its own)."""
+    from rtrai.dose.inference import DosePredictor
+
+    return DosePredictor(model, device)
+
+
+def _predict_case(model, device, prescription, fmt, job, skip_finished: bool = True) -> str:
+    """One case's dose into its folder, atomically (a task of :func:`rtrai.core.workers.run_cases`)."""
+    from rtrai.core import provenance
+    from rtrai.core.outputs import output_folder
+    from rtrai.core.workers import finished_result
+
+    path, target = job
+    predictor = _dose_predictor(model, device)
+    if skip_finished and finished_result(target, "dose predict", [path], [predictor.model_info], {"format": fmt}):
+        return "finished before"
+    case = predictor.read(path, prescription)
+    case.dose = predictor.predict(case)
+    with output_folder(target) as tmp:
+        written = _write(case, tmp, fmt)
+        provenance.write(tmp, provenance.record("dose predict", {"format": fmt, "prescription": case.prescription},
+                                                inputs=[path], models=[predictor.model_info],
+                                                extra={"written": written}))
+    return "done"
 
 
 def _write(case, folder: Path, fmt: str) -> list[str]:
@@ -173,7 +179,7 @@ def _write(case, folder: Path, fmt: str) -> list[str]:
         from rtrai.io.openkbp import write_openkbp
 
         return [p.name for p in write_openkbp(case, folder, what=("dose",))]
-    from rtrai.io.dicomrt import write_dicom_case
+    from rtrai.io.dicomrt_export import write_dicom_case
 
     write_dicom_case(case, folder)
     return sorted(p.name for p in folder.iterdir())

@@ -55,6 +55,10 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.set_defaults(func=run_evaluate)
 
+    from rtrai.dose.qa import register as register_qa
+
+    register_qa(dose_sub)  # rtrai dose qa: a plan's dose against the predicted achievable dose
+
 
 # ----------------------------------------------------------------------------------------------------------- inputs
 

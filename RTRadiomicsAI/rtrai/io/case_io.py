@@ -83,10 +83,10 @@ def read_case(path: str | os.PathLike) -> Case:
     kind = input_kind(path)
     if kind == "openkbp":
         return openkbp.read_openkbp(path)
-    if kind == "dicom":
-        from rtrai.io.dicomrt import read_dicom_folder
+    if kind == "dicom":  # CT + RTSTRUCT/RTDOSE/RTPLAN, and DICOM SEG (beside a CT or alone)
+        from rtrai.io.dicom_seg import read_dicom_with_segmentations
 
-        return read_dicom_folder(path)
+        return read_dicom_with_segmentations(path)
     if kind == "image":
         return Case(ct=read_image(path), metadata={"patient_id": _stem(path), "source": "image",
                                                    "source_path": str(path)})

@@ -14,6 +14,9 @@ def register(sub) -> None:
     export.add_argument("--anonymize", action="store_true", help="remove patient identity (see README)")
     export.add_argument("--patient-id", default=None,
                         help="with --anonymize: the pseudonymous PatientID to write (default ANON-<random>)")
+    export.add_argument("--seg", action="store_true",
+                        help="also write the structures as a DICOM Segmentation, SEG.dcm (binary, one segment per "
+                             "structure, SNOMED CT anatomy codes, referencing the CT series; highdicom)")
     export.set_defaults(func=run_export)
 
 
@@ -32,6 +35,8 @@ def run_export(args) -> int:
     case = read_case(source)
     if case.dose is not None:  # RTDOSE says Gy: a dose in cGy would be written as 100 times the real one
         check_dose(case.dose, f"{source}: dose")
+    if getattr(args, "seg", False):
+        from rtrai.io.dicom_seg import write_dicom_seg_case as write_dicom_case  # the same objects + SEG.dcm
     written = write_dicom_case(case, args.outdir, anonymize=args.anonymize, anonymous_id=args.patient_id,
                                inputs=[source], progress=default("Exporting DICOM"))
     print(f"wrote {', '.join(f'{len(v)} {k}' for k, v in written.items())} into {args.outdir}")

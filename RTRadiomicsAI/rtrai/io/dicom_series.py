@@ -335,6 +335,6 @@ def _to_hu(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray, where
     with np.errstate(over="ignore", invalid="ignore"):
         hu = (stored.astype(np.float64) * slopes[:, None, None] + intercepts[:, None, None]).astype(np.float32)
     if not np.isfinite(hu).all():
-        raise FormatError(f"{where}: RescaleSlope {slopes.max():g} / RescaleIntercept {intercepts.max():g} take the CT values "
-                          "beyond the float32 range")
+        raise FormatError(f"{where}: RescaleSlope {slopes.max():g} / RescaleIntercept {intercepts.max():g} take "
+                          "the CT values beyond the float32 range")
     return hu

@@ -7,7 +7,7 @@
   multi-frame, and keeps the dose on its own grid (resampling is explicit: :func:`rtrai.core.image.resample_to`).
 - :func:`read_rtplan` gives the prescription (target dose references), fractions and a beams summary.
 - :func:`read_dicom_folder` finds CT + RTSTRUCT + RTDOSE + RTPLAN in a folder tree and returns a Case whose
-  ``metadata["dicom"]`` keeps the UIDs, so :func:`write_dicom_case` (in :mod:`rtrai.io.dicomrt_export`) can reuse them.
+  ``metadata["dicom"]`` keeps the UIDs, so :func:`rtrai.io.dicomrt_export.write_dicom_case` can reuse them.
 
 Bad input raises typed errors from :mod:`rtrai.core.errors` (see the README's DICOM-RT section).
 """
@@ -28,10 +28,8 @@ from rtrai.core.structures import to_tg263
 from rtrai.io.contours import rasterize
 from rtrai.io.dicom_series import (SPACING_TOL_MM, list_files, parsing, read_ct_from_headers, read_dataset,
                                    require_attributes, scan, shown)
+from rtrai.io.sop_classes import RTDOSE_CLASS, RTPLAN_CLASS, RTSTRUCT_CLASS
 
-RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
-RTDOSE_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"
-RTPLAN_CLASS = "1.2.840.10008.5.1.4.1.1.481.5"
 _EXPECTED = {"RTSTRUCT": RTSTRUCT_CLASS, "RTDOSE": RTDOSE_CLASS, "RTPLAN": RTPLAN_CLASS}
 
 
@@ -457,10 +455,3 @@ def _choose_structure_set(structs: list, frame: str | None, ct_series: str | Non
     if len(structs) > 1:
         notes.append(f"took RTSTRUCT {path.name} of {len(structs)}")
     return path, chosen
-
-
-def write_dicom_case(case: Case, outdir: str | os.PathLike, anonymize: bool = False, **options):
-    """Export a Case as CT series + RTSTRUCT + RTPLAN + RTDOSE; see :mod:`rtrai.io.dicomrt_export`."""
-    from rtrai.io.dicomrt_export import write_dicom_case as write
-
-    return write(case, outdir, anonymize, **options)

@@ -9,6 +9,9 @@ Layout of the output folder::
     RTDOSE.dcm           dose in Gy on its own grid, uint16 with DoseGridScaling, referencing RTPLAN.dcm
     provenance.json
 
+:func:`write_contours_and_dose` writes given contours (no CT series) and a dose in one frame of reference: the phantoms
+with closed-form DVHs (:mod:`rtrai.dose.dvh_phantoms`) that any DVH tool can read.
+
 UIDs: a case read from DICOM keeps its Study, Frame of Reference, CT series and CT SOP Instance UIDs (when the slice
 count is unchanged), so the RTSTRUCT references the clinic's own CT; new objects get new UIDs. ``anonymize=True``
 applies the profile described in :data:`ANONYMIZATION_PROFILE`.
@@ -29,10 +32,7 @@ from rtrai.core.errors import InputError
 from rtrai.core.image import Grid, check_finite, check_same_grid
 from rtrai.core.structures import is_target
 from rtrai.io.contours import index_to_physical, mask_to_contours
-from rtrai.io.dicomrt import RTDOSE_CLASS, RTPLAN_CLASS, RTSTRUCT_CLASS
-
-CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
-DETACHED_STUDY_CLASS = "1.2.840.10008.3.1.2.3.1"  # what RT Referenced Study Sequence items conventionally reference
+from rtrai.io.sop_classes import CT_CLASS, DETACHED_STUDY_CLASS, RTDOSE_CLASS, RTPLAN_CLASS, RTSTRUCT_CLASS
 
 ANONYMIZATION_PROFILE = """\
 --anonymize follows the DICOM PS3.15 Basic Application Level Confidentiality Profile for the attributes we write
@@ -71,7 +71,7 @@ class _Context:
         ct = source.get("ct", {})
         self.anonymize = anonymize
         self.now = _dt.datetime.now()
-        nz = case.ct.GetSize()[2]
+        nz = case.ct.GetSize()[2] if case.ct is not None else 0  # no CT: contours and dose only
         keep_ct = bool(ct) and not anonymize and len(ct.get("SOPInstanceUIDs", [])) == nz
         keep_study = bool(ct) and not anonymize
         self.study_uid = ct["StudyInstanceUID"] if keep_study and ct.get("StudyInstanceUID") else _new_uid()
@@ -214,12 +214,26 @@ def write_ct(case: Case, folder: Path, ctx: _Context, progress=None) -> list[Pat
 
 
 def write_rtstruct(case: Case, path: Path, ctx: _Context, progress=None) -> tuple[Path, str, dict[str, int]]:
-    """RTSTRUCT of every structure; returns (path, SOP instance UID, ROI number by name)."""
-    from pydicom.dataset import Dataset
-
+    """RTSTRUCT of every structure, contoured on the CT's slices; returns (path, SOP instance UID, ROI number by
+    name)."""
     from rtrai.core.progress import track
 
     grid = Grid.of(case.ct)
+    rois = []
+    for name in track(list(case.structures), progress, message="contouring structures"):
+        check_same_grid(case.ct, case.structures[name], ("CT", f"structure '{name}'"))
+        mask = sitk.GetArrayViewFromImage(case.structures[name])
+        loops = [(k, index_to_physical(np.c_[loop, np.full(len(loop), k)], grid))
+                 for k, slice_loops in mask_to_contours(mask).items() for loop in slice_loops]
+        rois.append((name, case.color(name), loops))
+    return _write_rtstruct(rois, path, ctx)
+
+
+def _write_rtstruct(rois: list, path: Path, ctx: _Context) -> tuple[Path, str, dict[str, int]]:
+    """RTSTRUCT of ``rois``: (name, RGB in 0..1, [(CT slice index or None, (N, 3) LPS mm points), ...]); contours
+    reference their CT slice when the export has a CT series."""
+    from pydicom.dataset import Dataset
+
     sop_uid = _new_uid()
     ds = _base(ctx, RTSTRUCT_CLASS, sop_uid, "RTSTRUCT", _new_uid(), 2, "RTSTRUCT")
     ds.FrameOfReferenceUID = ctx.frame_uid
@@ -234,43 +248,42 @@ def write_rtstruct(case: Case, path: Path, ctx: _Context, progress=None) -> tupl
         item.ReferencedSOPInstanceUID = ctx.ct_sop_uids[k]
         return item
 
-    series = Dataset()
-    series.SeriesInstanceUID = ctx.ct_series_uid
-    series.ContourImageSequence = [image_ref(k) for k in range(grid.size[2])]
-    study = Dataset()
-    study.ReferencedSOPClassUID = DETACHED_STUDY_CLASS
-    study.ReferencedSOPInstanceUID = ctx.study_uid
-    study.RTReferencedSeriesSequence = [series]
     frame = Dataset()
     frame.FrameOfReferenceUID = ctx.frame_uid
-    frame.RTReferencedStudySequence = [study]
+    if ctx.ct_sop_uids:
+        series = Dataset()
+        series.SeriesInstanceUID = ctx.ct_series_uid
+        series.ContourImageSequence = [image_ref(k) for k in range(len(ctx.ct_sop_uids))]
+        study = Dataset()
+        study.ReferencedSOPClassUID = DETACHED_STUDY_CLASS
+        study.ReferencedSOPInstanceUID = ctx.study_uid
+        study.RTReferencedSeriesSequence = [series]
+        frame.RTReferencedStudySequence = [study]
     ds.ReferencedFrameOfReferenceSequence = [frame]
 
-    rois, contours, observations, numbers = [], [], [], {}
-    for number, name in enumerate(track(list(case.structures), progress, message="contouring structures"), 1):
-        check_same_grid(case.ct, case.structures[name], ("CT", f"structure '{name}'"))
+    structure_set, contours, observations, numbers = [], [], [], {}
+    for number, (name, color, loops) in enumerate(rois, 1):
         numbers[name] = number
         roi = Dataset()
         roi.ROINumber = number
         roi.ReferencedFrameOfReferenceUID = ctx.frame_uid
         roi.ROIName = name
         roi.ROIGenerationAlgorithm = ""
-        rois.append(roi)
+        structure_set.append(roi)
         item = Dataset()
-        item.ROIDisplayColor = [int(round(255 * min(max(c, 0.0), 1.0))) for c in case.color(name)]
+        item.ROIDisplayColor = [int(round(255 * min(max(c, 0.0), 1.0))) for c in color]
         item.ReferencedROINumber = number
         sequence = []
-        mask = sitk.GetArrayViewFromImage(case.structures[name])
-        for k, loops in mask_to_contours(mask).items():
-            for loop in loops:
-                points = index_to_physical(np.c_[loop, np.full(len(loop), k)], grid)
-                contour = Dataset()
+        for k, points in loops:
+            points = np.asarray(points, dtype=float)
+            contour = Dataset()
+            if k is not None:
                 contour.ContourImageSequence = [image_ref(k)]
-                contour.ContourGeometricType = "CLOSED_PLANAR"
-                contour.NumberOfContourPoints = len(points)
-                contour.ContourNumber = len(sequence) + 1
-                contour.ContourData = [f"{v:.4f}" for v in points.ravel()]
-                sequence.append(contour)
+            contour.ContourGeometricType = "CLOSED_PLANAR"
+            contour.NumberOfContourPoints = len(points)
+            contour.ContourNumber = len(sequence) + 1
+            contour.ContourData = [f"{v:.4f}" for v in points.ravel()]
+            sequence.append(contour)
         if sequence:  # an empty mask is written as an ROI without contours
             item.ContourSequence = sequence
         contours.append(item)
@@ -280,7 +293,7 @@ def write_rtstruct(case: Case, path: Path, ctx: _Context, progress=None) -> tupl
         observation.RTROIInterpretedType = _interpreted_type(name)
         observation.ROIInterpreter = ""
         observations.append(observation)
-    ds.StructureSetROISequence = rois
+    ds.StructureSetROISequence = structure_set
     ds.ROIContourSequence = contours
     ds.RTROIObservationsSequence = observations
     ds.ApprovalStatus = "UNAPPROVED"
@@ -348,16 +361,17 @@ def write_rtplan(case: Case, path: Path, ctx: _Context, structure_set_uid: str |
     return _save(ds, path), sop_uid
 
 
-def write_rtdose(case: Case, path: Path, ctx: _Context, plan_uid: str) -> Path:
-    """RTDOSE on the dose's own grid: uint16 pixels times DoseGridScaling = Gy, relative GridFrameOffsetVector."""
+def write_rtdose(image: sitk.Image, path: Path, ctx: _Context, plan_uid: str | None) -> Path:
+    """RTDOSE on the dose's own grid: uint16 pixels times DoseGridScaling = Gy, relative GridFrameOffsetVector;
+    referencing the RTPLAN ``plan_uid`` when there is one."""
     from pydicom.dataset import Dataset
     from pydicom.tag import Tag
 
-    check_finite(case.dose, "dose")
-    dose = sitk.GetArrayFromImage(case.dose).astype(np.float64)
+    check_finite(image, "dose")
+    dose = sitk.GetArrayFromImage(image).astype(np.float64)
     if dose.size and dose.min() < 0:
         raise InputError("dose has negative values; RTDOSE stores non-negative dose")
-    grid = Grid.of(case.dose)
+    grid = Grid.of(image)
     peak = float(dose.max()) if dose.size else 0.0
     # 16-bit pixels: quantisation <= peak / 131070 (under 0.001 % of the maximum); every reader takes them, and
     # dciodvfy (dicom3tools 1.00) aborts on 32-bit RTDOSE pixel data, so 16 bits is also what can be validated.
@@ -384,10 +398,11 @@ def write_rtdose(case: Case, path: Path, ctx: _Context, plan_uid: str) -> Path:
     ds.DoseType = "PHYSICAL"
     ds.DoseSummationType = "PLAN"
     ds.DoseGridScaling = _ds_number(scaling)
-    plan = Dataset()
-    plan.ReferencedSOPClassUID = RTPLAN_CLASS
-    plan.ReferencedSOPInstanceUID = plan_uid
-    ds.ReferencedRTPlanSequence = [plan]
+    if plan_uid:
+        plan = Dataset()
+        plan.ReferencedSOPClassUID = RTPLAN_CLASS
+        plan.ReferencedSOPInstanceUID = plan_uid
+        ds.ReferencedRTPlanSequence = [plan]
     ds.PixelData = np.round(dose / scaling).clip(0, 65535).astype("<u2").tobytes()
     return _save(ds, path)
 
@@ -414,7 +429,7 @@ def write_dicom_files(case: Case, folder: str | os.PathLike, anonymize: bool = F
         path, plan_uid = write_rtplan(case, folder / "RTPLAN.dcm", ctx, structure_set_uid, numbers)
         written["RTPLAN"] = [path]
         if case.dose is not None:
-            written["RTDOSE"] = [write_rtdose(case, folder / "RTDOSE.dcm", ctx, plan_uid)]
+            written["RTDOSE"] = [write_rtdose(case.dose, folder / "RTDOSE.dcm", ctx, plan_uid)]
     if progress:
         progress(1.0, "done")
     return written
@@ -441,3 +456,21 @@ def write_dicom_case(case: Case, outdir: str | os.PathLike, anonymize: bool = Fa
                                    inputs=[] if anonymize else inputs, extra=extra)
         provenance.write(tmp, record)
     return {kind: [outdir / p.relative_to(tmp) for p in paths] for kind, paths in written.items()}
+
+
+def write_contours_and_dose(folder: str | os.PathLike, dose: sitk.Image, contours: dict[str, list[np.ndarray]],
+                            patient_id: str = "PHANTOM") -> tuple[Path, Path]:
+    """Write ``dose`` (Gy) as ``rtdose.dcm`` and closed planar ``contours`` (name -> (N, 3) polygons in LPS mm) as
+    ``rtstruct.dcm`` in one frame of reference, without a CT series; returns (RTDOSE path, RTSTRUCT path). For
+    phantoms whose DVHs are known in closed form, to be read by any DVH tool (dicompyler-core, plastimatch, rtrai)."""
+    from rtrai.core.errors import require
+    from rtrai.core.structures import color_of
+
+    require("pydicom")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ctx = _Context(Case(metadata={"patient_id": patient_id}), anonymize=False, anonymous_id=None)
+    rois = [(name, color_of(name), [(None, points) for points in loops]) for name, loops in contours.items()]
+    dose_path = write_rtdose(dose, folder / "rtdose.dcm", ctx, None)
+    struct_path, _, _ = _write_rtstruct(rois, folder / "rtstruct.dcm", ctx)
+    return dose_path, struct_path

@@ -130,6 +130,42 @@ def join(features: pd.DataFrame, clinical: pd.DataFrame | None, id_column: str |
     return joined
 
 
+def join_tables(tables: list[tuple[str, pd.DataFrame]], id_column: str | None) -> pd.DataFrame:
+    """Inner join of several feature tables (handcrafted, deep, dosiomic, clinical ...) on ``id_column``.
+
+    ``tables``: (name shown in messages, table). One table is returned as it is. Without ``id_column`` the tables must
+    share their first column as an ID column (:func:`guess_id_column`). Says how many rows of each had no partner."""
+    if len(tables) == 1:
+        return tables[0][1]
+    if id_column is None:
+        guessed = {guess_id_column(table) for _, table in tables}
+        if len(guessed) != 1 or None in guessed:
+            raise InputError("joining several --table files needs --id (the patient ID column present in all)")
+        id_column = guessed.pop()
+    seen: dict[str, str] = {}
+    for name, table in tables:
+        if id_column not in table.columns:
+            raise InputError(f"ID column '{id_column}' not in {name} (columns: {_preview(table.columns)})")
+        duplicated = table[id_column][table[id_column].duplicated()].unique()
+        if len(duplicated):
+            raise InputError(f"{name} repeats IDs in '{id_column}': {_preview(duplicated)}")
+        for column in table.columns:
+            if column != id_column and column in seen:
+                raise InputError(f"column '{column}' is in both {seen[column]} and {name}; rename or drop it in one")
+            seen.setdefault(column, name)
+    joined = None
+    for name, table in tables:
+        table = table.assign(**{id_column: table[id_column].astype(str)})
+        joined = table if joined is None else joined.merge(table, on=id_column, how="inner", sort=False)
+    if joined.empty:
+        raise InputError(f"no ID in '{id_column}' is in all {len(tables)} tables")
+    unmatched = [f"{name}: {len(table) - len(joined)}" for name, table in tables if len(table) > len(joined)]
+    if unmatched:
+        warnings.warn(f"joined {len(tables)} tables on '{id_column}': {len(joined)} patients are in all of them; rows "
+                      f"without a partner were left out ({'; '.join(unmatched)})", OutcomeWarning, stacklevel=2)
+    return joined
+
+
 def prepare(table: pd.DataFrame, endpoint: Endpoint, id_column: str | None = None, exclude: list[str] | None = None,
             categorical: list[str] | None = None, batch: str | None = None, require_endpoint: bool = True,
             clinical_columns: list[str] | None = None) -> Dataset:

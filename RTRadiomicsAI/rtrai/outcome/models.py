@@ -275,7 +275,8 @@ def _export(model: str, pipeline, data: Dataset, y, cv: dict, seed: int) -> dict
         svc, sigmoid = calibrated.estimator, calibrated.calibrators[0]
         state["estimator"] = {"type": "rbf-svm", "support_vectors": svc.support_vectors_,
                               "dual_coef": np.ravel(svc.dual_coef_), "intercept": float(svc.intercept_[0]),
-                              "gamma": float(svc._gamma), "platt_a": float(sigmoid.a_), "platt_b": float(sigmoid.b_)}
+                              "gamma": float(svc._gamma),  # noqa: SLF001 - the fitted RBF width
+                              "platt_a": float(sigmoid.a_), "platt_b": float(sigmoid.b_)}
         state["features"] = names
     elif model == "rf":
         trees = []

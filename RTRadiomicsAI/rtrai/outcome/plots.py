@@ -71,8 +71,8 @@ def kaplan_meier(time, event, groups, metrics, path: Path) -> Path:
     for name, colour in (("low", "tab:blue"), ("high", "tab:red")):
         rows = groups == name
         if rows.any():
-            KaplanMeierFitter(label=f"{name} risk (n={int(rows.sum())})").fit(time[rows], event[rows]).plot_survival_function(
-                ax=ax, color=colour, ci_show=True)
+            fitted = KaplanMeierFitter(label=f"{name} risk (n={int(rows.sum())})").fit(time[rows], event[rows])
+            fitted.plot_survival_function(ax=ax, color=colour, ci_show=True)
     p = metrics.get("logrank_p")
     ax.set(xlabel="time", ylabel="survival probability", ylim=(0, 1.02),
            title=f"Kaplan-Meier by risk group (log-rank p = {p:.2g})" if p is not None else "Kaplan-Meier")

@@ -89,7 +89,8 @@ class Preprocessor(TransformerMixin, BaseEstimator):
 
     @property
     def encoded_names_(self) -> list[str]:
-        return self.numeric_ + [f"{c}={level}" for c, levels in zip(self.categorical_, self.levels_) for level in levels]
+        return self.numeric_ + [f"{c}={level}" for c, levels in zip(self.categorical_, self.levels_)
+                                for level in levels]
 
     def _encode(self, X: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.numeric_ + self.categorical_ + ([self.batch] if self.batch else [])

@@ -1,12 +1,15 @@
 """Cohort extraction: a pyradiomics batch file in, one CSV row per case out, robust to failures and kills.
 
 Why it beats ``pyradiomics cohort.csv --jobs N`` on the same rows (see benchmarks/bench_radiomics_cohort.py):
+- the rows that share an image (a radiotherapy case: 10-20 structures on one CT, the same on its dose) are one task:
+  the image is read once and their features computed together (:mod:`rtrai.radiomics.shared_image`), where
+  pyradiomics redoes the image's work -- hashes, statistics, whole-grid checks, filters -- for every row;
 - pyradiomics hands out cases in static chunks of up to 10 per worker (``map_async(chunksize=10)``), so with 13
   cases and 2 workers one worker runs 10 of them; we hand out one case at a time, to whichever worker is free;
 - its main process busy-waits on the result (``while not task.ready(): pass``) and so burns one CPU core that its
   workers need; ours sleeps until a result arrives;
 - each of our workers builds (and validates) the extractor once, not once per case.
-The features are the same pyradiomics calls, so the values are identical.
+The features are pyradiomics' own per-pair values (GLCM's MCC to about 1e-15 relative, :mod:`.glcm_mcc`).
 
 Output safety: rows go to ``NAME.partial.csv`` while the cohort runs, each appended and flushed (fsync) as it arrives,
 so a kill loses at most the rows in flight and never leaves a file under the final name that looks finished;
@@ -21,7 +24,6 @@ import csv
 import io
 import os
 from collections import OrderedDict
-from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
 from rtrai.core.errors import FormatError, InputError, RTRAIError
@@ -86,27 +88,62 @@ def _init_worker(params, preset, dvh, use_dose, resample_mask) -> None:
                    resample_mask=resample_mask)
 
 
-def _process(row: OrderedDict) -> tuple[str, OrderedDict, str]:
-    """(ID, feature columns as text, error message or '')."""
-    from rtrai.radiomics.extract import extract_row, format_value, load_inputs
+def _process_group(rows: list[OrderedDict]) -> list[tuple[str, OrderedDict, str]]:
+    """(ID, feature columns as text, error message or '') of rows that share one image: the image is read once and
+    their features computed together (:func:`rtrai.radiomics.extract.extract_rows`), each row as pyradiomics
+    computes it alone."""
+    from rtrai.radiomics.extract import extract_rows, format_value, load_image, load_mask
 
     extractor = _WORKER["extractor"]
+    errors, inputs = {}, []
     try:
-        if not row.get("Image") or (not row.get("Mask") and not row.get("Structure")):
+        if not rows[0].get("Image"):
             raise InputError("the row has no Image or no Mask")
-        inputs = load_inputs(row["Image"], row.get("Mask") or None, int(row["Label"]) if row.get("Label") else None,
-                             row.get("Structure") or None, _WORKER["use_dose"], _WORKER["resample_mask"],
-                             extractor.settings.get("label", 1))
-        features = extract_row(extractor, inputs, _WORKER["dvh"])
+        loaded = load_image(rows[0]["Image"], _WORKER["use_dose"])
+    except Exception as exc:  # noqa: BLE001 - every row of this image fails with it; the cohort goes on
+        return [(row["ID"], OrderedDict(), _reason(exc)) for row in rows]
+    for row in rows:
+        try:
+            if not row.get("Mask") and not row.get("Structure"):
+                raise InputError("the row has no Image or no Mask")
+            inputs.append((row["ID"], load_mask(loaded, row.get("Mask") or None,
+                                                int(row["Label"]) if row.get("Label") else None,
+                                                row.get("Structure") or None, _WORKER["resample_mask"],
+                                                extractor.settings.get("label", 1))))
+        except Exception as exc:  # noqa: BLE001 - a cohort records any per-case failure and goes on
+            errors[row["ID"]] = _reason(exc)
+    try:
+        extracted = extract_rows(extractor, [i for _, i in inputs], _WORKER["dvh"])
+    except Exception as exc:  # noqa: BLE001
+        extracted = [exc] * len(inputs)
+    features = {}
+    for (case_id, _), row in zip(inputs, extracted):
+        if isinstance(row, Exception):
+            errors[case_id] = _reason(row)
+            continue
         for key in ("ID", "Image", "Mask", "Label"):
-            features.pop(key, None)
-        return row["ID"], OrderedDict((k, format_value(v)) for k, v in features.items()), ""
-    except RTRAIError as exc:
-        return row["ID"], OrderedDict(), str(exc)
-    except ValueError as exc:  # unreadable label value and the like
-        return row["ID"], OrderedDict(), f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # noqa: BLE001 - a cohort records any per-case failure and goes on
-        return row["ID"], OrderedDict(), f"unexpected {type(exc).__name__}: {exc}"
+            row.pop(key, None)
+        features[case_id] = OrderedDict((k, format_value(v)) for k, v in row.items())
+    return [(row["ID"], features.get(row["ID"], OrderedDict()), errors.get(row["ID"], "")) for row in rows]
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, RTRAIError):
+        return str(exc)
+    if isinstance(exc, ValueError):  # unreadable label value and the like
+        return f"{type(exc).__name__}: {exc}"
+    return f"unexpected {type(exc).__name__}: {exc}"
+
+
+def image_groups(rows: list[OrderedDict], jobs: int = 1) -> list[list[OrderedDict]]:
+    """The rows grouped by image (first-seen order), each group one task (see
+    :func:`rtrai.radiomics.shared_image.split_groups` for fewer groups than ``jobs``)."""
+    from rtrai.radiomics.shared_image import split_groups
+
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(row.get("Image") or f"\0{row['ID']}", []).append(row)
+    return split_groups(list(groups.values()), jobs)
 
 
 # -- output file -----------------------------------------------------------------------------------------------
@@ -164,8 +201,11 @@ def _finished_rows(path: Path, header: list[str]) -> list[dict]:
 
 def run_cohort(batch: str | os.PathLike, output: str | os.PathLike, params=None, preset: str | None = None,
                jobs: int = 1, resume: bool = False, dvh: bool = False, use_dose: bool = False,
-               resample_mask: bool = False, progress=None) -> dict:
+               resample_mask: bool = False, progress=None, scheduler: str | None = None,
+               worker_memory: str | None = None) -> dict:
     """Extract every row of ``batch`` into the CSV ``output``; returns counts of done, failed and skipped rows.
+    The rows run as :func:`rtrai.core.workers.run_cases` runs them (``jobs`` processes, or on the Dask cluster
+    ``scheduler``); only this process writes the table.
 
     Until every row is done the rows go to ``NAME.partial.csv`` (:func:`partial_path`), renamed to ``output`` at the
     end: a file under the final name is always complete. ``resume`` continues from the partial file of an interrupted
@@ -189,6 +229,11 @@ def run_cohort(batch: str | os.PathLike, output: str | os.PathLike, params=None,
                          "to start again)")
     todo = [r for r in rows if r["ID"] not in kept]
     by_id = {r["ID"]: r for r in rows}
+    from rtrai.core.workers import run_cases
+
+    groups = image_groups(todo, jobs)  # the rows of one image: one task, the image read once
+    results = run_cases(_process_group, groups, jobs, scheduler, worker_memory, _init_worker,
+                        (params, preset, dvh, use_dose, resample_mask), "fork" if os.name == "posix" else "spawn")
     # Start from a partial file holding exactly the kept rows, then append as cases finish.
     _write_all(partial, header, [kept[r["ID"]] for r in rows if r["ID"] in kept])
     failed = 0
@@ -213,35 +258,14 @@ def run_cohort(batch: str | os.PathLike, output: str | os.PathLike, params=None,
 
         done = 0
         report(0.0, f"{len(todo)} cases to extract ({len(rows) - len(todo)} already done)")
-        if jobs <= 1 or len(todo) <= 1:
-            _init_worker(params, preset, dvh, use_dose, resample_mask)
-            for row in todo:
-                append(*_process(row))
-        else:
-            _run_parallel(todo, min(jobs, len(todo)), (params, preset, dvh, use_dose, resample_mask), append)
+        for index, result, error in results:
+            for item in result or [(row["ID"], OrderedDict(), error) for row in groups[index]]:
+                append(*item)
     # Final order = the batch file's order, written atomically; then the finished file takes its final name.
     _write_all(partial, header, [kept[r["ID"]] for r in rows if r["ID"] in kept])
     os.replace(partial, output)
     report(1.0, "done")
     return {"rows": len(rows), "extracted": len(todo) - failed, "failed": failed, "skipped": len(rows) - len(todo)}
-
-
-def _run_parallel(todo, workers, init_args, append) -> None:
-    """One case per task, to whichever worker is free; results are written by this (sleeping) process. The workers
-    exit when this process is gone (a killed command leaves none computing)."""
-    from rtrai.core.workers import process_pool
-
-    with process_pool(workers, "fork" if os.name == "posix" else "spawn", _init_worker, init_args) as pool:
-        pending = {pool.submit(_process, row) for row in todo}
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    append(*future.result())
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
 
 
 def _write_all(path: Path, header: list[str], rows: list[dict]) -> None:

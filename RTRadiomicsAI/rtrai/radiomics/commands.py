@@ -32,6 +32,9 @@ def register(sub) -> None:
     _add_input_arguments(radiomics)
     radiomics.add_argument("--cohort", help="pyradiomics batch CSV")
     radiomics.add_argument("--jobs", type=int, default=1, help="worker processes (cohort and voxel maps)")
+    from rtrai.core.workers import add_cluster_arguments
+
+    add_cluster_arguments(radiomics, jobs=False)  # --scheduler, --worker-memory: cohort and robustness
     radiomics.add_argument("--resume", action="store_true", help="continue an interrupted cohort output")
     radiomics.add_argument("--dvh", action="store_true",
                            help="add dvh_* columns (Dmean, D2/50/98%%, V5..V70 Gy); implied by --preset dose")
@@ -40,8 +43,10 @@ def register(sub) -> None:
     radiomics.set_defaults(func=run_radiomics)
     # `rtrai radiomics robustness ...` is an optional first word rather than a nested sub-parser, so that the plain
     # `rtrai radiomics --image ...` form keeps working with the same options.
-    radiomics.add_argument("mode", nargs="?", choices=["robustness"],
-                           help="robustness: ICC(3,1)/CV of each feature under contour perturbations")
+    radiomics.add_argument("mode", nargs="?", choices=["robustness", "deep"],
+                           help="robustness: ICC(3,1)/CV of each feature under contour perturbations; deep: the "
+                                "encoder activations of a shipped network pooled inside the ROI (rtrai.radiomics.deep)")
+    radiomics.add_argument("--model", help="deep: zoo model or model folder whose encoder is used (default hn-oar-ct)")
     radiomics.add_argument("--perturbations", type=int, default=10, help="robustness: number of contours (>= 3)")
     radiomics.add_argument("--seed", type=int, default=0, help="robustness: seed of the random perturbations")
 
@@ -66,6 +71,10 @@ def _params(args):
 def run_radiomics(args) -> int:
     from rtrai.core.errors import InputError
 
+    if args.mode == "deep":
+        from rtrai.radiomics.deep import run_deep
+
+        return run_deep(args)
     if args.mode == "robustness":
         return run_robustness(args)
     if not args.output:
@@ -114,7 +123,7 @@ def _run_cohort(args) -> int:
 
     params, preset, dvh = _params(args)
     counts = run_cohort(args.cohort, args.output, params, preset, args.jobs, args.resume, dvh, args.dose,
-                        args.resample_mask, default("Radiomics"))
+                        args.resample_mask, default("Radiomics"), args.scheduler, args.worker_memory)
     _provenance(Path(args.output), "radiomics --cohort", args, [args.cohort, args.params])
     print(f"{counts['extracted']} extracted, {counts['failed']} failed, {counts['skipped']} kept from before: "
           f"{args.output}")
@@ -142,7 +151,7 @@ def _run_voxel(args) -> int:
     from rtrai.core.outputs import output_folder
     from rtrai.core.progress import default
     from rtrai.radiomics.extract import make_extractor
-    from rtrai.radiomics.voxel import voxel_maps, write_maps
+    from rtrai.radiomics.voxel_maps import voxel_maps, write_maps
 
     params, preset, _ = _params(args)
     inputs = _inputs(args, make_extractor(params, preset))
@@ -156,34 +165,45 @@ def _run_voxel(args) -> int:
 
 
 def run_robustness(args) -> int:
+    from functools import partial
+
     from rtrai.core.errors import InputError
     from rtrai.core.outputs import atomic_file
-    from rtrai.core.progress import default, sub
+    from rtrai.core.progress import default
+    from rtrai.core.workers import run_cases
     from rtrai.radiomics.cohort import read_batch
-    from rtrai.radiomics.extract import load_inputs, make_extractor
-    from rtrai.radiomics.robustness import perturbation_features, robustness_table
+    from rtrai.radiomics.extract import make_extractor
+    from rtrai.radiomics.robustness import robustness_table
 
     if not args.output:
         raise InputError("name the output table with -o")
     if args.perturbations < 3:
         raise InputError("--perturbations must be at least 3 (original, erosion, dilation)")
     params, preset, _ = _params(args)
-    extractor = make_extractor(params, preset)
+    make_extractor(params, preset)  # bad settings are said before any case runs
     if args.cohort:
+        rows = read_batch(args.cohort)
         cases = [(r["Image"], r.get("Mask") or None, int(r["Label"]) if r.get("Label") else None,
-                  r.get("Structure") or None) for r in read_batch(args.cohort)]
+                  r.get("Structure") or None) for r in rows]
+        names = [r["ID"] for r in rows]
     elif args.image:
-        cases = [(args.image, args.mask, args.label, args.structure)]
+        cases, names = [(args.image, args.mask, args.label, args.structure)], [Path(args.image).name]
     else:
         raise InputError("give --image/--mask (coefficient of variation) or --cohort (ICC across cases)")
-    progress = default("Robustness")
-    per_case = []
-    for i, (image, mask, label, structure) in enumerate(cases):
-        inputs = load_inputs(image, mask, label, structure, args.dose, args.resample_mask,
-                             extractor.settings.get("label", 1))
-        per_case.append(perturbation_features(extractor, inputs.image, inputs.mask, inputs.label,
-                                              args.perturbations, args.seed,
-                                              sub(progress, i / len(cases), (i + 1) / len(cases))))
+    task = partial(_robustness_case, params, preset, args.dose, args.resample_mask, args.perturbations, args.seed)
+    per_case, failed = [None] * len(cases), []
+    for index, features, error in run_cases(task, cases, args.jobs, args.scheduler, args.worker_memory,
+                                            progress=default("Robustness"), names=names):
+        per_case[index] = features
+        if error:
+            if len(cases) == 1:
+                raise InputError(error)
+            failed.append(f"{names[index]}: {error}")
+    for line in failed:  # the others still give the table; the command then exits 2
+        print(f"rtrai: error: {line}", file=sys.stderr)
+    per_case = [f for f in per_case if f is not None]
+    if len(cases) > 1 and len(per_case) < 2:
+        raise InputError(f"robustness: {len(per_case)} of {len(cases)} cases could be extracted; ICC needs 2")
     table = robustness_table(per_case)
     output = Path(args.output)
     with atomic_file(output, suffix=".csv") as tmp:
@@ -196,7 +216,18 @@ def run_robustness(args) -> int:
         print("one case: ICC(3,1) needs several cases (--cohort); the table gives the coefficient of variation",
               file=sys.stderr)
     print(f"wrote robustness of {len(table)} features over {args.perturbations} perturbations to {output}")
-    return 0
+    return 2 if failed else 0
+
+
+def _robustness_case(params, preset, dose, resample_mask, perturbations, seed, case):
+    """One case's features under the contour perturbations (a task of :func:`rtrai.core.workers.run_cases`)."""
+    from rtrai.radiomics.extract import load_inputs, make_extractor
+    from rtrai.radiomics.robustness import perturbation_features
+
+    image, mask, label, structure = case
+    extractor = make_extractor(params, preset)
+    inputs = load_inputs(image, mask, label, structure, dose, resample_mask, extractor.settings.get("label", 1))
+    return perturbation_features(extractor, inputs.image, inputs.mask, inputs.label, perturbations, seed)
 
 
 def run_ibsi(args) -> int:

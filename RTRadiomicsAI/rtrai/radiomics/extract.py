@@ -64,7 +64,7 @@ def make_extractor(params=None, preset: str | None = None, **overrides):
     try:
         return RadiomicsFeatureExtractor(source, **overrides) if source is not None \
             else RadiomicsFeatureExtractor(**overrides)
-    except Exception as exc:  # pykwalify SchemaError, YAML errors, ValueError for unknown image types/features
+    except Exception as exc:  # noqa: BLE001 - pykwalify SchemaError, YAML errors, ValueError for unknown types
         errors = getattr(exc, "errors", None)
         message = "; ".join(map(str, errors)) if isinstance(errors, (list, tuple)) and errors else \
             str(getattr(exc, "msg", None) or exc)
@@ -92,6 +92,68 @@ def _read(path: Path, what: str) -> sitk.Image:
     return read_image(path)
 
 
+@dataclass
+class ImageInput:
+    """An image read for one or more rows (a case folder's CT or dose, or an image file), and its case if any."""
+
+    image: sitk.Image
+    case_id: str
+    image_source: str
+    folder: Path | None = None
+    case: object = None
+
+
+def load_image(image: str | os.PathLike, use_dose: bool = False) -> ImageInput:
+    """Read and check the image of :func:`load_inputs` (once for all the rows that name it)."""
+    image_path = Path(image)
+    if image_path.is_dir():
+        from rtrai.io.case_io import read_case
+
+        case = read_case(image_path)
+        volume = case.dose if use_dose else case.ct
+        if volume is None:
+            raise InputError(f"case folder {image_path} has no {'dose' if use_dose else 'CT'} volume")
+        loaded = ImageInput(volume, case.patient_id, str(image_path / ("Dose.nrrd" if use_dose else "CT.nrrd")),
+                            image_path, case)
+    else:
+        if use_dose:
+            raise InputError("--dose applies to case folders; give the dose file itself as the image")
+        loaded = ImageInput(_read(image_path, "image"), image_path.name.split(".")[0], str(image_path))
+    check_finite(loaded.image, f"image {loaded.image_source}")
+    return loaded
+
+
+def load_mask(loaded: ImageInput, mask: str | os.PathLike | None = None, label: int | None = None,
+              structure: str | None = None, resample_mask: bool = False, default_label: int = 1) -> Inputs:
+    """The :class:`Inputs` of ``loaded`` and a mask file or a structure of its case folder (see
+    :func:`load_inputs`)."""
+    volume, image_source = loaded.image, loaded.image_source
+    if loaded.case is not None and mask is None:
+        if not structure:
+            raise InputError("with a case folder as image, name the region with --structure NAME")
+        if structure not in loaded.case.structures:
+            raise InputError(f"structure '{structure}' is not in case {loaded.folder} "
+                             f"(it has: {', '.join(sorted(loaded.case.structures)) or 'no structures'})")
+        mask_image, label, mask_source = loaded.case.structures[structure], 1, f"{loaded.folder}:{structure}"
+    else:
+        if mask is None:
+            raise InputError("a mask is needed: give --mask FILE (or a case folder and --structure NAME)")
+        mask_image, label, mask_source = _read_mask(Path(mask), label, structure)
+    label = default_label if label is None else int(label)
+    if Grid.of(volume).differences(Grid.of(mask_image)):
+        if not resample_mask:
+            diffs = "; ".join(Grid.of(volume).differences(Grid.of(mask_image)))
+            raise GeometryError(f"image {image_source} and mask {mask_source} are on different grids ({diffs}); "
+                                "resample the mask onto the image with --resample-mask")
+        mask_image = resample_to(mask_image, volume, "nearest")
+    check_same_grid(volume, mask_image, (f"image {image_source}", f"mask {mask_source}"))
+    if not np.any(sitk.GetArrayViewFromImage(mask_image) == label):
+        present = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(mask_image)) if v != 0]
+        raise InputError(f"mask {mask_source} has no voxel with label {label} "
+                         f"({'it is empty' if not present else 'labels present: ' + ', '.join(map(str, present))})")
+    return Inputs(volume, mask_image, label, loaded.case_id, image_source, mask_source)
+
+
 def load_inputs(image: str | os.PathLike, mask: str | os.PathLike | None = None, label: int | None = None,
                 structure: str | None = None, use_dose: bool = False, resample_mask: bool = False,
                 default_label: int = 1) -> Inputs:
@@ -101,49 +163,9 @@ def load_inputs(image: str | os.PathLike, mask: str | os.PathLike | None = None,
     case folder, ``structure`` names the segment (and ``use_dose`` picks the dose instead of the CT). A mask file may
     be a labelmap (``label`` picks the value, default 1) or a ``.seg.nrrd`` with ``structure``.
     """
-    image_path = Path(image)
-    case_id = image_path.name
-    if image_path.is_dir():
-        from rtrai.io.case_io import read_case
-
-        case = read_case(image_path)
-        case_id = case.patient_id
-        volume = case.dose if use_dose else case.ct
-        if volume is None:
-            raise InputError(f"case folder {image_path} has no {'dose' if use_dose else 'CT'} volume")
-        image_source = str(image_path / ("Dose.nrrd" if use_dose else "CT.nrrd"))
-        if mask is None:
-            if not structure:
-                raise InputError("with a case folder as image, name the region with --structure NAME")
-            if structure not in case.structures:
-                raise InputError(f"structure '{structure}' is not in case {image_path} "
-                                 f"(it has: {', '.join(sorted(case.structures)) or 'no structures'})")
-            mask_image, label, mask_source = case.structures[structure], 1, f"{image_path}:{structure}"
-        else:
-            mask_image, label, mask_source = _read_mask(Path(mask), label, structure)
-    else:
-        if use_dose:
-            raise InputError("--dose applies to case folders; give the dose file itself as the image")
-        if mask is None:
-            raise InputError("a mask is needed: give --mask FILE (or a case folder and --structure NAME)")
-        volume, image_source = _read(image_path, "image"), str(image_path)
-        case_id = image_path.name.split(".")[0]
-        mask_image, label, mask_source = _read_mask(Path(mask), label, structure)
-    label = default_label if label is None else int(label)
-    check_finite(volume, f"image {image_source}")
-    if Grid.of(volume).differences(Grid.of(mask_image)):
-        if not resample_mask:
-            diffs = "; ".join(Grid.of(volume).differences(Grid.of(mask_image)))
-            raise GeometryError(f"image {image_source} and mask {mask_source} are on different grids ({diffs}); "
-                                "resample the mask onto the image with --resample-mask")
-        mask_image = resample_to(mask_image, volume, "nearest")
-    check_same_grid(volume, mask_image, (f"image {image_source}", f"mask {mask_source}"))
-    values = np.unique(sitk.GetArrayViewFromImage(mask_image))
-    if not np.any(values == label):
-        present = [int(v) for v in values if v != 0]
-        raise InputError(f"mask {mask_source} has no voxel with label {label} "
-                         f"({'it is empty' if not present else 'labels present: ' + ', '.join(map(str, present))})")
-    return Inputs(volume, mask_image, label, case_id, image_source, mask_source)
+    if not Path(image).is_dir() and not use_dose and mask is None:
+        raise InputError("a mask is needed: give --mask FILE (or a case folder and --structure NAME)")
+    return load_mask(load_image(image, use_dose), mask, label, structure, resample_mask, default_label)
 
 
 def _read_mask(path: Path, label: int | None, structure: str | None) -> tuple[sitk.Image, int | None, str]:
@@ -173,23 +195,40 @@ def extract(extractor, inputs: Inputs) -> OrderedDict:
         raise InputError(f"pyradiomics refused {inputs.mask_source} (label {inputs.label}): {exc}") from None
 
 
-def dvh_features(dose: sitk.Image, mask: sitk.Image, label: int = 1) -> OrderedDict:
-    """DVH-derived dosiomics columns: Dmean, Dmin, Dmax, D2%, D50%, D98% (Gy) and V5..V70 Gy (% of the volume).
+def extract_rows(extractor, inputs: list[Inputs], dvh: bool = False) -> list:
+    """:func:`extract_row` for rows that share one image (the same ``Inputs.image``), computed together
+    (:mod:`rtrai.radiomics.shared_image`): each an ``OrderedDict``, or the :class:`InputError` of its refusal."""
+    from rtrai.radiomics.shared_image import extract_structures
 
-    D_x% is the minimum dose received by the hottest x% of the volume, i.e. the (100 - x)th percentile of the
-    voxel doses (numpy linear interpolation, as OpenKBP's evaluation computes D1/D95/D99).
-    """
-    doses = sitk.GetArrayViewFromImage(dose)[sitk.GetArrayViewFromImage(mask) == label].astype(np.float64)
-    if doses.size == 0:
+    if not inputs:
+        return []
+    vectors = extract_structures(extractor, inputs[0].image, [(i.mask, i.label) for i in inputs])
+    rows = []
+    for item, vector in zip(inputs, vectors):
+        if isinstance(vector, ValueError):
+            rows.append(InputError(f"pyradiomics refused {item.mask_source} (label {item.label}): {vector}"))
+            continue
+        row = OrderedDict(ID=item.case_id, Image=item.image_source, Mask=item.mask_source, Label=item.label)
+        row.update(vector)
+        if dvh:
+            row.update(dvh_features(item.image, item.mask, item.label))
+        rows.append(row)
+    return rows
+
+
+def dvh_features(dose: sitk.Image, mask: sitk.Image, label: int = 1) -> OrderedDict:
+    """DVH-derived dosiomics columns: Dmean, Dmin, Dmax, D2%, D50%, D98% (Gy) and V5..V70 Gy (% of the volume), by
+    the library's one DVH definition (:func:`rtrai.core.dvh.metric`, volume-weighted, as ``rtrai dvh`` reports)."""
+    from rtrai.core.dvh import metric, samples_from_mask
+
+    samples = samples_from_mask(dose, sitk.Cast(mask == label, sitk.sitkUInt8))
+    if samples.total_cc <= 0:
         raise InputError(f"no voxel with label {label} for the DVH")
     out = OrderedDict()
-    out["dvh_Dmean_Gy"] = float(doses.mean())
-    out["dvh_Dmin_Gy"] = float(doses.min())
-    out["dvh_Dmax_Gy"] = float(doses.max())
-    for x in (2, 50, 98):
-        out[f"dvh_D{x}%_Gy"] = float(np.percentile(doses, 100 - x))
+    for name in ("Dmean", "Dmin", "Dmax", "D2%", "D50%", "D98%"):
+        out[f"dvh_{name}_Gy"] = metric(samples, name)
     for level in DVH_VOLUME_LEVELS:
-        out[f"dvh_V{level}Gy_%"] = float(100.0 * np.count_nonzero(doses >= level) / doses.size)
+        out[f"dvh_V{level}Gy_%"] = metric(samples, f"V{level}Gy")
     return out
 
 

@@ -1,10 +1,10 @@
 """Feature robustness to contour variability: perturb the ROI, re-extract, and score each feature by ICC(3,1).
 
 Perturbation j is the same operation for every case (so perturbations act as the "raters" of a two-way model):
-0 = the contour itself, 1 = eroded by one voxel in-plane, 2 = dilated by one voxel in-plane, then alternately random boundary changes
-(each boundary voxel flipped with probability 0.2) and translations by one voxel along a random axis, with a fixed
-seed. ICC(3,1) (Shrout & Fleiss 1979: two-way mixed, consistency, single measurement) needs several cases: with
-one case only the coefficient of variation across perturbations is reported.
+0 = the contour itself, 1 = eroded by one voxel in-plane, 2 = dilated by one voxel in-plane, then alternately random
+boundary changes (each boundary voxel flipped with probability 0.2) and translations by one voxel along a random axis,
+with a fixed seed. ICC(3,1) (Shrout & Fleiss 1979: two-way mixed, consistency, single measurement) needs several
+cases: with one case only the coefficient of variation across perturbations is reported.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def _slices(run) -> str:
         shown = dataclasses.replace(case, dose=resample_to(sitk.Cast(case.dose, sitk.sitkFloat32), case.ct,
                                                            "linear", 0.0))
     png = figure_png(orthogonal_slices_figure(shown, title=f"{case.patient_id}"), dpi=85, facecolor="black")
-    dose = f"dose colour wash ({run.dose_source})" if case.dose is not None else "no dose"
+    dose = f"dose colour wash ({run.dose.source})" if case.dose is not None else "no dose"
     target = max(case.targets(), key=lambda n: case.prescription_for(n) or 0, default=None)
     where = f"through the centre of {target}" if target else "through the image centre"
     return ("<h2>Images</h2>" + _img(png, "axial, coronal and sagittal slices with structure outlines and dose",
@@ -146,26 +146,26 @@ def _dose(run) -> str:
 
     out = ["<h2>Dose and DVH</h2>"]
     dose_step = run.steps["dose"]
-    if run.dose_source:
-        out.append(f"<p>Dose: {_e(run.dose_source)}.</p>")
+    if run.dose.source:
+        out.append(f"<p>Dose: {_e(run.dose.source)}.</p>")
     if dose_step.status == "skipped":
         out.append(f"<p>Dose prediction skipped: {_e(dose_step.reason)}</p>")
-    if run.dose_comparison:
-        c = run.dose_comparison
+    if run.dose.comparison:
+        c = run.dose.comparison
         out.append(f"<p>Against {_e(c['reference'])}: {_e(c['definition'])} = "
                    f"<strong>{_num(c['dose_score_gy'])} Gy</strong> (the dose of the input is kept as "
                    f"<code>InputDose.nrrd</code>).</p>")
-    if not run.dvh_samples:
+    if not run.dvh.samples:
         out.append(f"<p>No DVH: {_e(run.steps['dvh'].reason)}</p>")
         return "".join(out)
-    png = figure_png(dvh_figure(run.dvh_table, run.dvh_samples, colors=run.case.colors), dpi=90)
+    png = figure_png(dvh_figure(run.dvh.table, run.dvh.samples, colors=run.case.colors), dpi=90)
     out.append(_img(png, "cumulative dose-volume histograms",
                     "Cumulative DVHs (targets dashed); the values are in dvh.csv, metrics in dvh_metrics.csv."))
     rows = [[c.structure, c.metric, _num(c.value_gy), c.goal,
              _Raw('<span class="pass">met</span>' if c.passed else '<span class="fail">not met</span>')]
-            for c in run.constraints]
+            for c in run.dvh.constraints]
     if rows:
-        met = sum(c.passed for c in run.constraints)
+        met = sum(c.passed for c in run.dvh.constraints)
         out.append(f"<p><strong>Common constraints: {met} of {len(rows)} met.</strong> "
                    f"Goals from {_e(SOURCE)}; D0.03cc is the near-maximum dose.</p>")
         out.append(_table(["structure", "metric", "value (Gy)", "goal", "result"], rows, {2}))
@@ -178,19 +178,19 @@ def _dose(run) -> str:
 def _structures(run) -> str:
     case = run.case
     metrics = {}
-    for row in run.dvh_metrics:
+    for row in run.dvh.metrics:
         metrics.setdefault(row["structure"], {})[row["metric"]] = row["value"]
     rows = []
-    for name in list(case.structures) + [n for n in run.reference_structures if n not in case.structures]:
+    for name in list(case.structures) + [n for n in run.structures.reference if n not in case.structures]:
         present = name in case.structures
-        source = run.structure_source.get(name, "input") if present else "input only: AutoSegment did not find it"
+        source = run.structures.source.get(name, "input") if present else "input only: AutoSegment did not find it"
         volume = case.volume_cc(name) if present else float("nan")
         rx = case.prescription_for(name) if name in case.targets() else None
         rows.append([name, source + (f" (prescription {rx:g} Gy)" if rx else ""), _num(volume, 1),
-                     _num(run.dice.get(name), 3), _num(metrics.get(name, {}).get("Dmean")),
+                     _num(run.structures.dice.get(name), 3), _num(metrics.get(name, {}).get("Dmean")),
                      _num(metrics.get(name, {}).get("D0.03cc"))])
     note = ""
-    if run.dice:
+    if run.structures.dice:
         note = ("<p>Dice: agreement of AutoSegment's contour with the contour that came with the input (kept as "
                 "<code>InputStructures.seg.nrrd</code>); 1 is identical.</p>")
     return ("<h2>Structures</h2>" + note
@@ -295,6 +295,66 @@ def _feature_value(run, name: str):
     return float(row[name].iloc[0]) if name in row.columns else float("nan")
 
 
+def _contour_qa(run) -> str:
+    """Contour QA (the ``qa`` step, rtrai.segmentation.qa): the flagged structures with the reasons."""
+    step = run.steps.get("qa")
+    if step is None:
+        return ""
+    out = ["<h2>Contour QA</h2>"]
+    if step.status != "done":
+        return "".join(out + [f"<p>Skipped: {_e(step.reason)}</p>"])
+    rows = run.contour_qa["rows"]
+    flagged = [r for r in rows if r["flagged"]]
+    out.append(f"<p><strong>{len(flagged)} of {len(rows)} structures flagged</strong> by the checks of "
+               "<code>contour_qa.csv</code> (empty, volume, components, laterality, position; thresholds from "
+               f"{_e(run.contour_qa['reference'].get('name') or 'the reference table')}).</p>")
+    if flagged:
+        checks = ("empty", "volume", "components", "laterality", "position")
+        out.append(_table(["structure", "source", "flagged checks", "reason"],
+                          [[r["structure"], run.structures.source.get(r["structure"], "input"),
+                            ", ".join(c for c in checks if r.get(c)), r["reason"]] for r in flagged]))
+    return "".join(out)
+
+
+def _plan(run) -> str:
+    """The plan (``--plan``): its summary, the DVH comparison (predicted, planned, the input's own dose) and the QA
+    flags; nothing when no plan was asked for."""
+    step, qa_step = run.steps.get("plan"), run.steps.get("plan_qa")
+    if step is None or not run.options.plan:
+        return ""
+    out = ["<h2>Treatment plan and plan QA</h2>"]
+    if step.status != "done":
+        return "".join(out + [f"<p>Planning skipped: {_e(step.reason)}</p>"])
+    plan = run.plan
+    out.append(f"<p>{_e(step.summary)}. Files in <code>plan/</code> (PlanDose.nrrd, plan.json, "
+               "dvh_comparison.csv, qa.csv).</p>")
+    if plan.images.get("dvh"):
+        out.append(_img(plan.images["dvh"], "DVHs of the plan, the predicted dose and the input's dose",
+                        "Cumulative DVHs: planned (solid), predicted (dashed)"
+                        + (", the input's own dose (dotted)" if plan.own_dose is not None else "") + "."))
+    own = plan.own_dose is not None
+    rows = [[r["structure"], r["metric"], _num(r["predicted"]), _num(r["planned"])] + ([_num(r["input"])] if own
+            else []) + [_num(r["planned"] - r["predicted"])] for r in plan.comparison]
+    out.append("<p>DVH comparison (<code>plan/dvh_comparison.csv</code>, Gy):</p>"
+               + _table(["structure", "metric", "predicted", "planned"] + (["input"] if own else [])
+                        + ["planned - predicted"], rows, set(range(2, 6 if own else 5))))
+    if plan.qa is None:
+        out.append(f"<p>Plan QA skipped: {_e(qa_step.reason if qa_step else '')}</p>")
+        return "".join(out)
+    verdict = "fail" if plan.qa.flagged else "pass"
+    out.append(f'<p>Plan QA against {_e(plan.qa_reference)}: <span class="{verdict}">{_e(plan.qa.verdict)}</span>'
+               "</p>")
+    if plan.qa.flagged:
+        out.append(_table(["structure", "metric", "plan (Gy)", "reference (Gy)", "worse by (Gy)"],
+                          [[r["structure"], r["metric"], _num(r["plan"]), _num(r["predicted"]), _num(r["excess"])]
+                           for r in plan.qa.flagged], {2, 3, 4}))
+    if plan.images.get("qa"):
+        out.append(_img(plan.images["qa"], "plan QA: excess per structure and metric",
+                        f"How much worse the plan is than {plan.qa_reference} per structure and metric; the "
+                        "dashed line is the margin, flagged bars are red (plan/qa.csv)."))
+    return "".join(out)
+
+
 def _provenance(run) -> str:
     from rtrai import __version__
 
@@ -320,8 +380,8 @@ def render(run) -> str:
     case = run.case
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     title = f"RTRadiomicsAI report: {case.patient_id}" + (" (synthetic)" if run.synthetic else "")
-    sections = [_banner(run), _steps(run), _slices(run), _dose(run), _structures(run), _radiomics(run),
-                _outcome(run), _provenance(run)]
+    sections = [_banner(run), _steps(run), _slices(run), _dose(run), _plan(run), _structures(run),
+                _contour_qa(run), _radiomics(run), _outcome(run), _provenance(run)]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>"

@@ -1,14 +1,14 @@
-"""Training configs: a YAML or JSON file merged over :data:`DEFAULTS` (see ``configs/*.yaml`` for shipped ones)."""
+"""Training configs: a YAML or JSON file (read and checked by :func:`rtrai.io.settings.load_settings`) deep-merged
+over :data:`DEFAULTS` (see ``configs/*.yaml`` for shipped ones)."""
 
 from __future__ import annotations
 
 import copy
-import json
-import math
 import os
 from pathlib import Path
 
 from rtrai.core.errors import InputError
+from rtrai.io.settings import load_settings, merge
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -58,99 +58,11 @@ DEFAULTS: dict = {
 }
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def yaml_error_line(exc: BaseException) -> str:
-    """One line for a PyYAML error: the problem, what it was parsing, and where (line, column)."""
-    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
-    if problem:
-        context = getattr(exc, "context", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        return f"{problem}{f' ({context})' if context else ''}{where}"
-    if getattr(exc, "reason", None) is not None and getattr(exc, "position", None) is not None:  # ReaderError
-        return f"{exc.reason} at character {exc.position}"
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def read_settings_file(path: Path) -> object:
-    """The parsed content of a YAML (``.yaml``/``.yml``) or JSON settings file; every mistake is one
-    :class:`InputError` line naming the file (not UTF-8, YAML or JSON syntax with line and column)."""
-    from rtrai.io.text import read_text
-
-    text = read_text(path, "a settings file")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            try:
-                return yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise InputError(f"{path}: not valid YAML: {yaml_error_line(exc)}") from None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-    except RecursionError:
-        raise InputError(f"{path}: nested too deeply to be a settings file") from None
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_types(defaults: dict, settings: dict, where: str) -> None:
-    """InputError when a setting has another type than its default: a number for a number (finite, not a
-    boolean), true/false for a boolean, text (or a number) for text, a list for a list, a mapping for a mapping
-    (checked the same way one level down). Settings whose default is null may hold anything."""
-    for key, value in settings.items():
-        default = defaults.get(key)
-        if default is None:
-            continue
-        if isinstance(default, bool):
-            ok, wanted = isinstance(value, bool), "true or false"
-        elif isinstance(default, (int, float)):
-            ok, wanted = _is_number(value), "a finite number"
-        elif isinstance(default, str):
-            ok, wanted = isinstance(value, str) or _is_number(value), "text"
-        elif isinstance(default, list):
-            ok, wanted = isinstance(value, list), "a list"
-        elif isinstance(default, dict):
-            ok, wanted = isinstance(value, dict), "a mapping"
-            if ok:
-                check_types(default, value, f"{where} {key!r}:")
-        else:
-            continue
-        if not ok:
-            raise InputError(f"{where} {key!r:.40} is {value!r:.60}, but must be {wanted}")
-
-
 def load_config(path: str | os.PathLike | None) -> dict:
     """Read a config file (YAML or JSON), or a shipped config by name (``hn-oar-ct``), merged over the defaults."""
     if path is None:
         return copy.deepcopy(DEFAULTS)
-    if not isinstance(path, (str, os.PathLike)):
-        raise InputError(f"a config is named by a file or a shipped name, not {path!r:.60}")
-    source = Path(path)
-    if not source.is_file():
-        shipped = [CONFIGS / f"{path}.yaml", CONFIGS / f"{path}.json"]
-        source = next((p for p in shipped if p.is_file()), None)
-        if source is None:
-            names = sorted(p.stem for p in CONFIGS.glob("*.*"))
-            raise InputError(f"config not found: {path} (shipped configs: {', '.join(names)})")
-    override = read_settings_file(source)
-    if override is None:
-        override = {}
-    if not isinstance(override, dict):
-        raise InputError(f"{source}: a config must be a mapping of settings, not {type(override).__name__}")
-    unknown = sorted((k for k in override if k not in DEFAULTS), key=str)
-    if unknown:
-        raise InputError(f"{source}: unknown settings {', '.join(map(repr, unknown))}")
-    check_types(DEFAULTS, override, f"{source}:")
+    override, source = load_settings(path, DEFAULTS, CONFIGS)
     for key in ("init", "base"):
         if not isinstance(override.get(key), (str, type(None))):
             raise InputError(f"{source}: '{key}' must name a model or config, not {override[key]!r:.60}")
@@ -158,7 +70,7 @@ def load_config(path: str | os.PathLike | None) -> dict:
     if seeds is not None and (not isinstance(seeds, list) or not seeds or
                               not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds)):
         raise InputError(f"{source}: 'average_seeds' must be a list of whole numbers, not {seeds!r:.60}")
-    config = _merge(DEFAULTS, override)
+    config = merge(DEFAULTS, override)
     labels, inputs = config["labels"], config["inputs"]
     if not labels or not inputs:
         raise InputError(f"{source}: a config needs at least one label and one input")

@@ -38,6 +38,8 @@ def predict_probabilities(model, image: np.ndarray, config: dict, device=None) -
         logits = sliding_window_inference(volume, roi_size=tuple(config["patch"]), sw_batch_size=2, predictor=model,
                                           overlap=float(settings.get("overlap", 0.25)),
                                           mode=settings.get("mode", "gaussian"), padding_mode="constant", cval=-1.0)
+        if config.get("activation", "sigmoid") == "softmax":  # a bring-your-own model: channel 0 is background
+            return torch.softmax(logits, 1)[:, 1:]
         return torch.sigmoid(logits)
 
     with torch.no_grad():
@@ -69,33 +71,42 @@ def found_structures(masks: dict[str, sitk.Image]) -> tuple[dict[str, sitk.Image
 class Segmenter:
     """A loaded zoo model (by name, folder or manifest path) that segments cases."""
 
+    kind = "zoo"  # the engine (rtrai.segmentation.engines): other kinds subclass this one or share its outputs
+
     def __init__(self, model: str = "hn-oar-ct", device: str = "auto", mirror: bool | None = None):
         """``mirror``: average with the lateral mirror image (twice the time); None: as the model's manifest says."""
         from rtrai.models import load_state_dict, read_manifest
         from rtrai.segmentation.networks import build_network
 
-        self.manifest = read_manifest(model)
-        if mirror is not None:
-            self.manifest["inference"] = {**self.manifest.get("inference", {}), "mirror": bool(mirror)}
-        self.device = pick_device(device)
-        self.labels = list(self.manifest["labels"])
-        self.inputs = list(self.manifest["inputs"])
-        self.network = build_network(self.manifest["network"], len(self.inputs), len(self.labels))
+        manifest = read_manifest(model)
+        network = build_network(manifest["network"], len(manifest["inputs"]), len(manifest["labels"]))
         try:
-            self.network.load_state_dict(load_state_dict(self.manifest))
+            network.load_state_dict(load_state_dict(manifest))
         except RuntimeError as exc:
-            raise ModelError(f"model '{self.manifest['name']}': weights do not fit the network in its manifest "
+            raise ModelError(f"model '{manifest['name']}': weights do not fit the network in its manifest "
                              f"({str(exc).splitlines()[0]})") from None
-        self.network.eval().to(self.device)
-        self.localiser = None
+        self.setup(manifest, network, device, mirror)
         if self.manifest.get("localiser"):
             from pathlib import Path
 
             self.localiser = Segmenter(str(Path(self.manifest["folder"]) / self.manifest["localiser"]), device)
 
+    def setup(self, manifest: dict, network, device: str = "auto", mirror: bool | None = None) -> None:
+        """Run ``network`` (a torch module: (N, C, z, y, x) LPS in, one channel per label out) as ``manifest`` says:
+        labels, inputs (windows), patch, spacing_mm, inference settings, activation (default sigmoid)."""
+        self.manifest = manifest
+        if mirror is not None:
+            self.manifest["inference"] = {**self.manifest.get("inference", {}), "mirror": bool(mirror)}
+        self.device = pick_device(device)
+        self.labels = list(self.manifest["labels"])
+        self.inputs = list(self.manifest["inputs"])
+        self.network = network.eval().to(self.device)
+        self.localiser = None
+
     @property
     def info(self) -> dict:
-        return {"name": self.manifest["name"], "version": self.manifest["version"], "sha256": self.manifest["sha256"],
+        return {"engine": self.kind, "name": self.manifest["name"], "version": self.manifest["version"],
+                "sha256": self.manifest["sha256"],
                 "mirror": bool(self.manifest.get("inference", {}).get("mirror", False))}
 
     def working_grid(self, image: sitk.Image) -> sitk.Image | None:
@@ -172,11 +183,16 @@ class Segmenter:
             midline = midline * grid.GetSpacing()[0] / oriented.GetSpacing()[0]  # same origin, LPS axes
         masks = postprocess(masks, self.labels, midline=midline,
                             largest=bool(self.manifest.get("inference", {}).get("largest_component", True)))
-        out = {}
-        for name, mask in zip(self.labels, masks):
-            result = sitk.GetImageFromArray(mask.astype(np.uint8))
-            result.CopyInformation(oriented)
-            if oriented is not case.ct:  # oriented differently from the input: back onto the input's own grid
-                result = sitk.Resample(result, case.ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-            out[name] = result
-        return out
+        return on_case_grid(masks, self.labels, oriented, case.ct)
+
+
+def on_case_grid(masks: np.ndarray, labels: list[str], oriented: sitk.Image, ct: sitk.Image) -> dict[str, sitk.Image]:
+    """(L, z, y, x) masks on the LPS-oriented grid -> name -> uint8 mask on the case's own CT grid."""
+    out = {}
+    for name, mask in zip(labels, masks):
+        result = sitk.GetImageFromArray(mask.astype(np.uint8))
+        result.CopyInformation(oriented)
+        if oriented is not ct:  # oriented differently from the input: back onto the input's own grid
+            result = sitk.Resample(result, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        out[name] = result
+    return out

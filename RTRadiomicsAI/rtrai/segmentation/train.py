@@ -27,23 +27,11 @@ import numpy as np
 
 from rtrai.core import provenance
 from rtrai.core.errors import InputError
-from rtrai.core.outputs import atomic_file, write_text
+from rtrai.core.outputs import write_text
 from rtrai.models import MANIFEST
+from rtrai.models.training import CpuClock, Every, Logger, load_checkpoint, save_checkpoint
 
 CHECKPOINT, LOG, CONFIG, MODEL, RECIPE = "checkpoint.pt", "train.log", "config.json", "model", "recipe.json"
-
-
-class Logger:
-    """Lines to a log file and to stdout; ``prefix`` marks the stdout lines of runs that share one terminal."""
-
-    def __init__(self, path: Path, prefix: str = ""):
-        self.path, self.prefix = path, prefix
-
-    def __call__(self, message: str) -> None:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        print(self.prefix + line, flush=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
 
 
 def learning_rate(config: dict, step: int) -> float:
@@ -102,11 +90,15 @@ def train(data: str | os.PathLike, config: dict | None, workdir: str | os.PathLi
 
     paths = case_paths(data)
     started = time.time()
-    samples = load_samples(paths, config, progress, seed=seed)
+    skipped: list[str] = []
+    samples = load_samples(paths, config, progress, seed=seed, skipped=skipped)
+    if not samples:
+        raise InputError(f"no training case in {data} holds image data")
     spacings = np.array([sample.spacing for sample in samples])
     config["spacing_mm"] = [spacings.min(axis=0).round(3).tolist(), spacings.max(axis=0).round(3).tolist()]
     log(f"loaded {len(samples)} training cases in {time.time() - started:.0f} s "
-        f"({sum(s.image.nbytes + s.bits.nbytes for s in samples) / 2**20:.0f} MiB)")
+        f"({sum(s.image.nbytes + s.bits.nbytes for s in samples) / 2**20:.0f} MiB)"
+        + (f"; left out, their leak-free CT refused as CT: {'; '.join(skipped)}" if skipped else ""))
     validation = _validation_samples(config, log)
     if not resume:
         write_text(workdir / CONFIG, json.dumps(config, indent=2) + "\n")
@@ -117,10 +109,11 @@ def train(data: str | os.PathLike, config: dict | None, workdir: str | os.PathLi
     n_in, n_out = len(config["inputs"]), len(config["labels"])
     model = build_network(config["network"], n_in, n_out)
     init_output_bias(model, n_out, float(config["output_prior"]))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=float(config["lr"]),
+                                  weight_decay=float(config["weight_decay"]))
     step, best, cpu_before = 0, -1.0, 0.0
     if resume:
-        state = torch.load(workdir / CHECKPOINT, map_location="cpu", weights_only=True)
+        state = load_checkpoint(workdir / CHECKPOINT)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         torch.set_rng_state(state["torch_rng"])
@@ -135,17 +128,16 @@ def train(data: str | os.PathLike, config: dict | None, workdir: str | os.PathLi
     sampler = PatchSampler(samples, config)
     augment = augmentation(config)
     total = int(config["steps"]) if max_steps is None else min(int(config["steps"]), step + int(max_steps))
-    cpu_start = time.process_time()
-    last_save, window_start, losses = time.time(), time.time(), []
+    clock, checkpoint_due = CpuClock(cpu_before), Every(60 * float(config["checkpoint_minutes"]))
+    window_start, losses = time.time(), []
 
     def cpu_seconds() -> float:
-        return cpu_before + time.process_time() - cpu_start
+        return clock.seconds
 
     def save() -> None:
-        state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step, "best": best,
-                 "torch_rng": torch.get_rng_state(), "cpu_seconds": cpu_seconds()}
-        with atomic_file(workdir / CHECKPOINT) as tmp:
-            torch.save(state, tmp)
+        save_checkpoint({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step, "best": best,
+                         "torch_rng": torch.get_rng_state(), "cpu_seconds": cpu_seconds()}, workdir / CHECKPOINT)
+        checkpoint_due.reset()
 
     model.train()
     while step < total:
@@ -179,10 +171,8 @@ def train(data: str | os.PathLike, config: dict | None, workdir: str | os.PathLi
                 log(f"new best model at step {step} -> {workdir / MODEL}")
             model.train()
             save()
-            last_save = time.time()
-        if time.time() - last_save > 60 * float(config["checkpoint_minutes"]) or step == total:
+        if checkpoint_due.due() or step == total:
             save()
-            last_save = time.time()
     if not validation:
         _export(model, workdir / MODEL, config, str(data), step, {}, command, cpu_seconds())
     log(f"stopped at step {step}; cpu {cpu_seconds() / 3600:.2f} h")
@@ -293,9 +283,7 @@ def _run_stage(data, config: dict, folder: Path, command, progress=None, prefix:
 
 
 def _checkpoint(folder: Path) -> dict:
-    import torch
-
-    return torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
+    return load_checkpoint(folder / CHECKPOINT)
 
 
 def _cpu_seconds(stage: Path) -> float:

@@ -1,0 +1,265 @@
+"""The outcome CNN (rtrai outcome cnn fit | evaluate | predict) on real OpenKBP doses with a planted endpoint.
+
+The cohort is built once per session in the test's tmp folder: OpenKBP validation patients, shrunk to half the
+resolution and written as case folders (fast to read), where the "toxic" half of the patients get at least 50 Gy
+everywhere in the left parotid and the others at most 20 Gy there. The label is then a property of where the dose lies
+(one organ, one side: the right parotid, with its own real dose from 5 to 60 Gy, is left as planned), which the CNN
+must find from 20 training patients. Bad inputs use small phantoms.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from conftest import shared_path
+
+from rtrai.cli import main
+from rtrai.core.errors import InputError, ModelError
+from rtrai.outcome import cnn
+
+HIGH, LOW = 50.0, 20.0
+FAST = ["--spacing", "8", "--epochs", "40", "--patience", "40", "--batch", "8", "--lr", "3e-3"]
+
+
+def _shrink(image: sitk.Image, label: bool = False) -> sitk.Image:
+    """Half the resolution (mean of 2x2x2 voxels); a mask keeps the voxels at least half inside."""
+    if not label:
+        return sitk.BinShrink(image, [2, 2, 2])
+    return sitk.Cast(sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), [2, 2, 2]) >= 0.5, sitk.sitkUInt8)
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory):
+    """(cases folder, table path, train IDs, test IDs) of the planted cohort."""
+    from rtrai.core.case import Case
+    from rtrai.io.case_io import list_cases, read_case, write_case
+
+    source = shared_path("openkbp", "validation-pats")
+    root = tmp_path_factory.mktemp("planted")
+    cases, rows = root / "cases", []
+    for k, folder in enumerate(list_cases(source)):
+        original = read_case(folder)
+        if not {"Parotid_L", "Parotid_R"} <= set(original.structures):
+            continue
+        label = len(rows) % 2
+        dose = _shrink(original.dose)
+        left = _shrink(original.structures["Parotid_L"], label=True)
+        array = sitk.GetArrayFromImage(dose)
+        inside = sitk.GetArrayViewFromImage(left) != 0
+        # toxic: at least HIGH Gy everywhere in the left parotid; not toxic: at most LOW Gy there
+        array[inside] = np.maximum(array[inside], HIGH) if label else np.minimum(array[inside], LOW)
+        dose = sitk.GetImageFromArray(array)
+        dose.CopyInformation(left)
+        case = Case(ct=sitk.Cast(_shrink(original.ct), sitk.sitkInt16), dose=dose,
+                    metadata={"patient_id": folder.name})
+        for name in ("Parotid_L", "Parotid_R", "Bone_Mandible", "SpinalCord"):
+            if name in original.structures:
+                case.add_structure(name, _shrink(original.structures[name], label=True))
+        write_case(case, cases / folder.name)
+        rows.append({"ID": folder.name, "toxicity": label, "age": 50 + k})
+        if len(rows) == 30:
+            break
+    table = pd.DataFrame(rows)
+    table.to_csv(root / "table.csv", index=False)
+    train, test = table["ID"][:20].tolist(), table["ID"][20:].tolist()
+    table[table["ID"].isin(train)].to_csv(root / "train.csv", index=False)
+    table[table["ID"].isin(test)].to_csv(root / "test.csv", index=False)
+    return cases, root, train, test
+
+
+@pytest.fixture(scope="session")
+def fitted(planted, tmp_path_factory):
+    cases, root, train, test = planted
+    model = tmp_path_factory.mktemp("model") / "cnn"
+    rc = main(["outcome", "cnn", "fit", "--cases", str(cases), "--table", str(root / "train.csv"), "--id", "ID",
+               "--label", "toxicity", "--inputs", "dose,ct,structures", *FAST, "--cache", str(root / "cache"),
+               "-o", str(model)])
+    assert rc == 0
+    return model
+
+
+def test_fit_writes_a_checked_model(fitted, planted):
+    manifest = json.loads((fitted / "manifest.json").read_text())
+    assert manifest["task"] == "outcome-cnn" and manifest["labels"] == ["toxicity"]
+    assert manifest["inputs"]["channels"] == ["dose", "ct", "Parotid_L", "Parotid_R"]
+    assert manifest["training"]["n"] == 20 and manifest["training"]["n_positive"] == 10
+    assert manifest["training"]["pos_weight"] == pytest.approx(1.0, abs=0.35)
+    from rtrai.core.provenance import sha256_file
+
+    assert manifest["sha256"] == sha256_file(fitted / "weights.safetensors")
+    assert (fitted / "provenance.json").is_file()
+    model = cnn.OutcomeCNN.load(fitted)
+    assert model.spec.box == (16, 20, 20)
+
+
+def test_evaluate_with_gradcam_finds_the_planted_organ(fitted, planted, tmp_path, capsys):
+    cases, root, train, test = planted
+    out = tmp_path / "eval"
+    rc = main(["outcome", "cnn", "evaluate", "--model", str(fitted), "--cases", str(cases), "--table",
+               str(root / "test.csv"), "--gradcam", "--bootstrap", "200", "--cache", str(root / "cache"),
+               "-o", str(out)])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 10 and metrics["n_positive"] == 5
+    # >= 50 against <= 20 Gy in one parotid is a strong signal: the held-out patients must be ranked almost perfectly
+    assert metrics["auc"] >= 0.8, metrics
+    assert 0 <= metrics["brier"] < 0.25
+    for name in ("roc.png", "calibration.png", "gradcam_montage.png", "gradcam_mean_positive.nrrd",
+                 "dose_mean_positive.nrrd", "predictions.csv", "gradcam_structures.csv", "provenance.json"):
+        assert (out / name).is_file(), name
+    for case_id in test:  # one map per patient, on that patient's own grid
+        cam = sitk.ReadImage(str(out / "gradcam" / f"{case_id}.nrrd"))
+        ct = sitk.ReadImage(str(cases / case_id / "CT.nrrd"))
+        assert cam.GetSize() == ct.GetSize() and np.allclose(cam.GetOrigin(), ct.GetOrigin())
+        values = sitk.GetArrayViewFromImage(cam)
+        assert values.min() >= 0 and values.max() <= 1 + 1e-6
+    shares = pd.read_csv(out / "gradcam_structures.csv")
+    assert {"Parotid_L", "Parotid_R", "Parotid_L+Parotid_R", "Bone_Mandible"} <= set(shares["structure"])
+    assert shares["volume_share"].between(0, 1).all()
+    # a map with no evidence for the outcome anywhere (all zero after Grad-CAM's ReLU) has no shares, not zeros
+    empty = set(shares["ID"][shares["attribution_share"].isna()])
+    for case_id in empty:
+        assert sitk.GetArrayViewFromImage(sitk.ReadImage(str(out / "gradcam" / f"{case_id}.nrrd"))).max() == 0
+    shares = shares.dropna()
+    assert shares["attribution_share"].between(0, 1).all()
+    wide = shares.pivot(index="ID", columns="structure", values="attribution_share")
+    # the parotids do not overlap: the share inside their union is the sum of the two
+    np.testing.assert_allclose(wide["Parotid_L+Parotid_R"], wide["Parotid_L"] + wide["Parotid_R"], atol=1e-4)
+    np.testing.assert_allclose(shares["enrichment"], shares["attribution_share"] / shares["volume_share"], rtol=1e-3)
+    summary = metrics["gradcam"]["structures"]["Parotid_L"]
+    assert summary["cases"] == 10 - len(empty)
+    assert summary["attribution_share_mean"] == pytest.approx(wide["Parotid_L"].mean(), abs=1e-4)
+    assert "Grad-CAM inside Parotid_L" in capsys.readouterr().out
+
+
+def test_predict_matches_evaluate_and_is_deterministic(fitted, planted, tmp_path):
+    cases, root, train, test = planted
+    out = tmp_path / "predictions.csv"
+    assert main(["outcome", "cnn", "predict", "--model", str(fitted), "--cases", str(cases), "--table",
+                 str(root / "test.csv"), "--cache", str(root / "cache"), "-o", str(out)]) == 0
+    first = pd.read_csv(out)
+    assert list(first["ID"]) == test and first["probability"].between(0, 1).all()
+    assert main(["outcome", "cnn", "predict", "--model", str(fitted), "--cases", str(cases), "--table",
+                 str(root / "test.csv"), "-o", str(tmp_path / "again.csv")]) == 0  # without the cache: read afresh
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "again.csv")["probability"], first["probability"], atol=1e-4)
+
+
+def test_a_changed_weights_file_is_refused(fitted, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(fitted, copy)
+    data = bytearray((copy / "weights.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum"):
+        cnn.OutcomeCNN.load(copy)
+
+
+def test_training_is_seeded():
+    rng = np.random.default_rng(0)
+    X = rng.random((24, 2, 12, 12, 12)).astype(np.float16)
+    y = np.array([0, 1] * 12)
+    spec = cnn.GridSpec(inputs=["dose", "ct"], structures=[], spacing_mm=10, box_mm=(80, 80, 80))
+    config = cnn.TrainConfig(epochs=2, batch=8, seed=3)
+    a, _ = cnn.train(X, y, spec, config)
+    b, _ = cnn.train(X, y, spec, config)
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    c, _ = cnn.train(X, y, spec, cnn.TrainConfig(epochs=2, batch=8, seed=4))
+    assert not all(np.array_equal(a[k].numpy(), c[k].numpy()) for k in a)
+
+
+def test_lateral_flip_swaps_left_and_right_channels():
+    spec = cnn.GridSpec(structures=["Parotid_L", "Parotid_R", "Brainstem"])
+    assert spec.channels == ["dose", "ct", "Parotid_L", "Parotid_R", "Brainstem"]
+    swap = cnn._lateral_swap(spec.channels)
+    assert swap == [0, 1, 3, 2, 4]
+    x = np.zeros((5, 4, 4, 6), np.float32)
+    x[2, :, :, 4] = 1  # the left parotid on the patient's left (high x in LPS)
+    flipped = x[swap][..., ::-1]
+    # after the flip the organ seen on the left is the mirrored right one, and it is in the Parotid_L channel
+    assert flipped[2].sum() == 0 and flipped[3][:, :, 1].sum() == 16
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    from rtrai.io.case_io import write_case
+    from rtrai.phantom import make_phantom
+
+    root = tmp_path_factory.mktemp("phantoms")
+    for seed in range(8):
+        case = make_phantom(seed=seed, size=(40, 40, 32), spacing=(8.0, 8.0, 8.0), noise_hu=0)
+        if seed == 7:
+            case.structures.pop("Parotid_R", None)
+        write_case(case, root / "cases" / f"P{seed}")
+    pd.DataFrame({"ID": [f"P{i}" for i in range(8)] + ["P99"], "y": [0, 1] * 4 + [1]}).to_csv(root / "t.csv",
+                                                                                           index=False)
+    pd.DataFrame({"ID": [f"P{i}" for i in range(8)], "y": [1] * 8}).to_csv(root / "one.csv", index=False)
+    return root
+
+
+def _fit(root, table, *extra):
+    return main(["outcome", "cnn", "fit", "--cases", str(root / "cases"), "--table", str(root / table), "--id", "ID",
+                 "--label", "y", "--spacing", "12", "--epochs", "1", *extra, "-o", str(root / "m")])
+
+
+def test_ids_without_cases_and_missing_structures_are_warned_with_numbers(phantoms, capsys):
+    assert _fit(phantoms, "t.csv") == 0
+    err = capsys.readouterr().err
+    assert "1 of 9 table IDs have no case folder and are left out: 'P99'" in err
+    assert "structure 'Parotid_R' is missing in 1 of 8 cases" in err and "'P7'" in err
+
+
+def test_case_folders_not_in_the_table_are_warned(phantoms, tmp_path, capsys):
+    pd.DataFrame({"ID": [f"P{i}" for i in range(6)], "y": [0, 1] * 3}).to_csv(tmp_path / "six.csv", index=False)
+    from rtrai.outcome.data import read_table
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paths = cnn.match_cases([phantoms / "cases"], read_table(tmp_path / "six.csv")["ID"])
+    assert len(paths) == 6
+    assert any("2 of 8 case folders are not in the table" in str(w.message) for w in caught)
+
+
+def test_one_class_is_refused(phantoms, capsys):
+    assert _fit(phantoms, "one.csv") == 2
+    assert "only one class (1) in 8 cases" in capsys.readouterr().err
+
+
+def test_a_structure_no_case_has_is_refused(phantoms, capsys):
+    assert _fit(phantoms, "t.csv", "--structures", "Parotid_L,Cochlea_L") == 2
+    assert "structure 'Cochlea_L' is in none of the 8 cases" in capsys.readouterr().err
+
+
+def test_a_constant_input_is_refused(phantoms, tmp_path, capsys):
+    from rtrai.io.case_io import read_case, write_case
+
+    for i in range(8):
+        case = read_case(phantoms / "cases" / f"P{i}")
+        case.dose = sitk.Image(case.ct.GetSize(), sitk.sitkFloat32)
+        case.dose.CopyInformation(case.ct)
+        write_case(case, tmp_path / "cases" / f"P{i}")
+    (tmp_path / "t.csv").write_text((phantoms / "t.csv").read_text())
+    assert _fit(tmp_path, "t.csv", "--inputs", "dose,structures") == 2
+    assert "input 'dose' is constant (0) in all 8 cases" in capsys.readouterr().err
+
+
+def test_no_matching_case_is_refused(phantoms, tmp_path, capsys):
+    pd.DataFrame({"ID": ["X1", "X2"], "y": [0, 1]}).to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "cases").symlink_to(phantoms / "cases")
+    assert _fit(tmp_path, "t.csv") == 2
+    assert "none of the 2 table IDs names a case folder" in capsys.readouterr().err
+
+
+def test_grid_spec_checks_its_arguments():
+    with pytest.raises(InputError, match="unknown input"):
+        cnn.GridSpec(inputs=["dose", "pet"])
+    with pytest.raises(InputError, match="positive"):
+        cnn.GridSpec(spacing_mm=0)
