@@ -75,7 +75,7 @@ class DosePredictParameterNode:
     planComparison: vtkMRMLTableNode
     qaPlanDose: vtkMRMLScalarVolumeNode
     qaPredictedDose: vtkMRMLScalarVolumeNode
-    marginGy: Annotated[float, WithinRange(0.0, 20.0), Default(3.0)]
+    marginGy: Annotated[float, WithinRange(0.0, 20.0), Default(5.0)]  # rtrai dose qa's default
     qaTable: vtkMRMLTableNode
 
 
@@ -331,7 +331,7 @@ class DosePredictLogic(ScriptedLoadableModuleLogic):
             return job, finish
 
     def startQa(self, ctNode, segmentationNode, targetsText: str, planDoseNode, predictedDoseNode=None,
-                marginGy: float = 3.0, tableNode=None):
+                marginGy: float = 5.0, tableNode=None):
         """Start ``rtrai dose qa`` of the plan dose against ``predictedDoseNode`` (``--predicted``; predicted by the
         command when there is none); returns the job and a function that loads OUT/qa.csv as a table node and returns
         it with the command's one-line verdict."""

@@ -179,7 +179,7 @@ def _step_plan(run: CaseRun, progress) -> str:
     error = np.abs(sitk.GetArrayViewFromImage(result.dose) - sitk.GetArrayViewFromImage(result.mimicked))[body]
     return (f"{len(result.influence.beams)} beams, {result.influence.bixels} bixels mimicking {run.plan.mimicked}: "
             f"mean |plan - mimicked| {float(error.mean()):.2f} Gy in the body (matrix {result.matrix_s:.0f} s, "
-            f"{result.iterations} iterations in {result.optimisation_s:.0f} s)")
+            f"{result.iterations} iterations in {result.optimisation_s:.1f} s)")
 
 
 def _step_plan_qa(run: CaseRun, progress) -> str:

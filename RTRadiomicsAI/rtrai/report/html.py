@@ -333,11 +333,12 @@ def _plan(run) -> str:
                         "Cumulative DVHs: planned (solid), predicted (dashed)"
                         + (", the input's own dose (dotted)" if plan.own_dose is not None else "") + "."))
     own = plan.own_dose is not None
+    mimicked = "predicted" if plan.mimicked.startswith("the predicted") else "mimicked"  # the input's, then
     rows = [[r["structure"], r["metric"], _num(r["predicted"]), _num(r["planned"])] + ([_num(r["input"])] if own
             else []) + [_num(r["planned"] - r["predicted"])] for r in plan.comparison]
     out.append("<p>DVH comparison (<code>plan/dvh_comparison.csv</code>, Gy):</p>"
-               + _table(["structure", "metric", "predicted", "planned"] + (["input"] if own else [])
-                        + ["planned - predicted"], rows, set(range(2, 6 if own else 5))))
+               + _table(["structure", "metric", mimicked, "planned"] + (["input"] if own else [])
+                        + [f"planned - {mimicked}"], rows, set(range(2, 6 if own else 5))))
     if plan.qa is None:
         out.append(f"<p>Plan QA skipped: {_e(qa_step.reason if qa_step else '')}</p>")
         return "".join(out)
