@@ -18,7 +18,6 @@ pytest.importorskip("monai")
 from test_segmentation import synthetic_case, tiny_config  # noqa: E402 - the tiny cases and config
 
 from rtrai import cli  # noqa: E402
-from rtrai.models import read_manifest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEGMENTATION_KEYS = {"model", "optimiser", "step", "best", "torch_rng", "cpu_seconds"}
@@ -118,17 +117,16 @@ def test_the_segmentation_run_in_progress_can_resume_with_this_code():
 
 @pytest.mark.parametrize("name", ["hn-dose-openkbp-v4", "hn-dose-openkbp-beam"])
 def test_finished_dose_runs_load_with_this_code(name):
-    from rtrai.dose.encoding import input_channels
-    from rtrai.dose.networks import build_network
+    """The committed models of finished dose runs (future ensemble members) load, by checksum, into the networks this
+    code builds; where the run's own checkpoint is still on this machine, it holds what a resumed run reads."""
+    from rtrai.dose.inference import DosePredictor
     from rtrai.models.training import load_checkpoint
 
-    run = REPO / "training" / name / "run"
-    if not (run / "checkpoint.pt").is_file():
-        pytest.skip(f"finished dose run not found: {run}")
-    state = load_checkpoint(run / "checkpoint.pt")
-    assert set(state) == DOSE_KEYS
-    cfg = state["config"]
-    network = build_network(cfg["network"], input_channels(cfg.get("channels")))
-    network.load_state_dict(state["network"])
-    manifest = read_manifest(run / "model")
-    assert manifest["training"]["steps"] == state["step"] and manifest["task"] == "dose"
+    folder = REPO / "training" / name
+    predictor = DosePredictor(str(folder / "model"), "cpu")
+    assert predictor.manifest["task"] == "dose" and predictor.manifest["training"]["steps"] > 0
+    checkpoint = folder / "run" / "checkpoint.pt"
+    if checkpoint.is_file():  # not committed (the runs finished): only where they were trained
+        state = load_checkpoint(checkpoint)
+        assert set(state) == DOSE_KEYS and state["step"] == predictor.manifest["training"]["steps"]
+        predictor.network.load_state_dict(state["network"])

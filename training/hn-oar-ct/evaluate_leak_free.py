@@ -5,9 +5,12 @@ scored on their slices with image data.
    contours on slices without image data set to "outside the scan", as a clinical CT would be), written once into
    WORK/leak-free/ as OpenKBP patients.
 2. ``rtrai segment WORK/leak-free -o WORK/<label>/segment --model MODEL`` (the model's own test-time setting).
-3. ``rtrai evaluate segmentation --pred ... --ref <validation-pats> --imaged-slices -o WORK/<label>/evaluate``.
-4. Per organ, the mean over the patients that have it: DSC, HD95 (mm), surface DSC at 2 mm; and the mean over the
-   7 OARs, printed as a Markdown table and written to WORK/<label>/per_organ.csv.
+3. ``rtrai evaluate segmentation --pred ... --ref <validation-pats> --imaged-slices --structures <the 7 OARs>
+   -o WORK/<label>/evaluate``: every reference organ with voxels on imaged slices is scored, an organ the model did not
+   find scores DSC 0 (without ``--structures`` such a patient would not be scored at all, flattering the model).
+4. Per organ, over the patients that have it: mean DSC, median HD95 (mm; infinite for an organ not found), mean
+   surface DSC at 2 mm; and the mean over the 7 OARs, printed as a Markdown table and written to
+   WORK/<label>/per_organ.csv.
 
     python training/hn-oar-ct/evaluate_leak_free.py --model hn-oar-ct --label v6 -o WORK
     python training/hn-oar-ct/evaluate_leak_free.py --model training/hn-oar-ct-v7/run/model --label v7 -o WORK
@@ -49,7 +52,8 @@ def rtrai(*argv) -> None:
 def per_organ(metrics_csv: Path) -> pd.DataFrame:
     rows = pd.read_csv(metrics_csv)
     rows = rows[rows.structure.isin(OARS)]
-    table = rows.groupby("structure")[["dsc", "hd95_mm", "surface_dsc"]].mean().reindex(OARS)
+    organs = rows.groupby("structure")
+    table = organs[["dsc", "surface_dsc"]].mean().join(organs["hd95_mm"].median()).reindex(OARS)
     table["patients"] = rows.groupby("structure").size().reindex(OARS)
     table.loc["mean of the 7 OARs"] = table[["dsc", "hd95_mm", "surface_dsc"]].mean()
     return table
@@ -67,11 +71,11 @@ def main() -> None:
     out = args.work / args.label
     rtrai("segment", inputs, "-o", out / "segment", "--model", args.model)
     rtrai("evaluate", "segmentation", "--pred", out / "segment", "--ref", args.data, "--imaged-slices",
-          "-o", out / "evaluate")
+          "--structures", *OARS, "-o", out / "evaluate")
     table = per_organ(out / "evaluate" / "metrics.csv")
     table.to_csv(out / "per_organ.csv", float_format="%.4f")
     print(f"\n{args.label} ({args.model}), leak-free CTs, imaged slices, {time.time() - started:.0f} s\n")
-    print("| structure | DSC | HD95 (mm) | surface DSC 2 mm | patients |\n|---|---|---|---|---|")
+    print("| structure | DSC (mean) | HD95 (median, mm) | surface DSC 2 mm | patients |\n|---|---|---|---|---|")
     for name, row in table.iterrows():
         patients = "" if pd.isna(row.patients) else int(row.patients)
         print(f"| {name} | {row.dsc:.3f} | {row.hd95_mm:.1f} | {row.surface_dsc:.3f} | {patients} |")
