@@ -53,17 +53,21 @@ def read_cohort_list(path: str | os.PathLike) -> list[Path]:
     return cases
 
 
-def _cohort_case(options, outdir: Path, path: Path) -> dict:
-    """One case of a cohort into ``outdir/<name>``: its cohort.csv row (a task of rtrai.core.workers.run_cases, run
-    on a Dask worker; at module level, as Dask pickles it by reference)."""
+def _cohort_case(options, outdir: Path, path: Path, progress=None, on_step: StepListener | None = None) -> dict:
+    """One case of a cohort into ``outdir/<name>``: its cohort.csv row. The serial loop calls it with the case's share
+    of the progress bar and the step listener; as a task of rtrai.core.workers.run_cases it runs on a Dask worker
+    without them (at module level, as Dask pickles it by reference)."""
     target = outdir / path.name
     started = time.perf_counter()
     row = {"case": path.name, "input": str(path), "status": "done", "error": "", "seconds": 0.0, "skipped_steps": ""}
     if is_finished(target):  # a rerun, or Dask running the case again after its worker was lost once it had written
         row["status"] = "finished before"
+        if progress is not None:
+            progress(1.0, f"{path.name}: finished before")
         return row
+    case_progress = None if progress is None else (lambda f, m="": progress(f, f"{path.name}: {m}" if m else path.name))
     try:
-        run = run_case(path, target, options, None, None, case=path.name)
+        run = run_case(path, target, options, case_progress, on_step, case=path.name)
         row["skipped_steps"] = " ".join(s.name for s in run.steps.values() if s.status == SKIPPED)
         if not is_finished(target):
             row["status"], row["error"] = "failed", f"{target} is not a finished result folder"
@@ -102,27 +106,7 @@ def run_cohort(cases: list[Path], outdir, options: Options | None = None, progre
     if scheduler:
         rows = _run_on_cluster(cases, outdir, options, report, scheduler, workers, worker_memory, partial)
     for i, path in enumerate([] if scheduler else cases):
-        target = outdir / path.name
-        part = sub(report, i / len(cases), (i + 1) / len(cases))
-        started = time.perf_counter()
-        row = {"case": path.name, "input": str(path), "status": "done", "error": "", "seconds": 0.0,
-               "skipped_steps": ""}
-        if is_finished(target):
-            row["status"] = "finished before"
-            part(1.0, f"{path.name}: finished before")
-        else:
-            try:
-                run = run_case(path, target, options,
-                               lambda f, m="", n=path.name, p=part: p(f, f"{n}: {m}" if m else n), on_step,
-                               case=path.name)
-                row["skipped_steps"] = " ".join(s.name for s in run.steps.values() if s.status == SKIPPED)
-                if not is_finished(target):
-                    row["status"], row["error"] = "failed", f"{target} is not a finished result folder"
-            except Exception as exc:  # noqa: BLE001 - a failing case is recorded and the cohort goes on
-                row["status"] = "failed"
-                row["error"] = str(exc) if _is_rtrai_error(exc) else f"unexpected {type(exc).__name__}: {exc}"
-            row["seconds"] = round(time.perf_counter() - started, 2)
-        rows.append(row)
+        rows.append(_cohort_case(options, outdir, path, sub(report, i / len(cases), (i + 1) / len(cases)), on_step))
         outdir.mkdir(parents=True, exist_ok=True)
         write_text(partial, pd.DataFrame(rows).to_csv(index=False))
     features = []
