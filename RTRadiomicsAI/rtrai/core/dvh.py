@@ -120,7 +120,7 @@ def samples_from_mask(dose: sitk.Image, mask: sitk.Image) -> DoseSamples:
         inside = weights > 0
         return DoseSamples.of(values[inside], weights[inside] * voxel_cc)
     outside = -1.0  # doses are >= 0, so this marks mask voxels beyond the dose grid
-    resampled = sitk.GetArrayViewFromImage(resample_to(sitk.Cast(dose, sitk.sitkFloat32), mask, "linear", outside))
+    resampled = sitk.GetArrayFromImage(resample_to(sitk.Cast(dose, sitk.sitkFloat32), mask, "linear", outside))
     inside = weights > 0
     values, w = resampled[inside], weights[inside] * voxel_cc
     beyond = values < 0

@@ -740,11 +740,12 @@ def write_gradcam(model: OutcomeCNN, X: np.ndarray, infos: list[dict], p: np.nda
     rows = []
     for k, info in enumerate(infos):  # on each case's own grid, for every structure it has
         case = read_case(info["path"])
-        cam = sitk.GetArrayViewFromImage(cam_to_case(cams[k], info, spec))
+        # copies, not views: a view of a temporary image reads freed memory once the image is collected
+        cam = sitk.GetArrayFromImage(cam_to_case(cams[k], info, spec))
         masks = {n: sitk.GetArrayViewFromImage(m) != 0 for n, m in case.structures.items()
                  if m.GetSize() == tuple(info["grid"]["size"])}
         groups = {"+".join(spec.structures): spec.structures} if len(spec.structures) > 1 else {}
-        covered = sitk.GetArrayViewFromImage(cam_to_case(np.ones_like(cams[k]), info, spec)) > 0.5  # the box
+        covered = sitk.GetArrayFromImage(cam_to_case(np.ones_like(cams[k]), info, spec)) > 0.5  # the box
         rows += [{"ID": ids[k], **row} for row in attribution_shares(cam, masks, groups, covered)]
     shares = pd.DataFrame(rows, columns=["ID", "structure", "attribution_share", "volume_share", "enrichment"])
     summary = {}
