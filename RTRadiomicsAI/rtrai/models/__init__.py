@@ -201,3 +201,29 @@ def average_models(sources: list[str], destination: str | os.PathLike) -> Path:
     if len(sources) < 2:
         raise InputError("an average needs at least two snapshots")
     return write_model(destination, *average_weights(sources))
+
+
+# How far outside a model's training spacings an image is still used without resampling.
+SPACING_SLACK = 1.25
+
+
+def working_grid(manifest: dict, image):
+    """A reference grid at the middle of the manifest's training spacings (``spacing_mm``: [low, high]) to resample
+    ``image`` to, or None when its spacing lies within them (give or take :data:`SPACING_SLACK`)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    bounds = manifest.get("spacing_mm")
+    if not bounds:
+        return None
+    low, high = np.array(bounds[0], float), np.array(bounds[1], float)
+    spacing = np.array(image.GetSpacing(), float)
+    if np.all(spacing >= low / SPACING_SLACK) and np.all(spacing <= high * SPACING_SLACK):
+        return None
+    target = (low + high) / 2.0
+    reference = sitk.Image([max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), spacing, target)],
+                           sitk.sitkFloat32)
+    reference.SetSpacing(target.tolist())
+    reference.SetOrigin(image.GetOrigin())
+    reference.SetDirection(image.GetDirection())
+    return reference

@@ -23,7 +23,6 @@ from rtrai.core.errors import InputError, ModelError
 
 DEFAULT_MODEL = "hn-oar-ct"
 MARGIN_MM = 32.0  # context round the ROI: the deepest features' receptive field reaches this far
-SPACING_SLACK = 1.25  # as rtrai.segmentation.inference: near the training spacings the image is used as it is
 
 
 def _network(manifest: dict):
@@ -90,20 +89,10 @@ class DeepFeatureExtractor:
         """The image in LPS, resampled to the middle of the training spacings when far outside them."""
         if not np.allclose(np.array(image.GetDirection()).reshape(3, 3), np.eye(3)):
             image = sitk.DICOMOrient(image, "LPS")
-        bounds = self.manifest.get("spacing_mm")
-        if not bounds:
-            return image
-        low, high = np.array(bounds[0], float), np.array(bounds[1], float)
-        spacing = np.array(image.GetSpacing(), float)
-        if np.all(spacing >= low / SPACING_SLACK) and np.all(spacing <= high * SPACING_SLACK):
-            return image
-        target = (low + high) / 2.0
-        reference = sitk.Image([max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), spacing, target)],
-                               sitk.sitkFloat32)
-        reference.SetSpacing(target.tolist())
-        reference.SetOrigin(image.GetOrigin())
-        reference.SetDirection(image.GetDirection())
-        return reference
+        from rtrai.models import working_grid
+
+        reference = working_grid(self.manifest, image)
+        return image if reference is None else reference
 
     def inputs(self, image: sitk.Image, mask: sitk.Image, label: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """The network's input (C, z, y, x) and the ROI (z, y, x) share on the cropped box."""

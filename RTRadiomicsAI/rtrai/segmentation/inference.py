@@ -18,7 +18,6 @@ from rtrai.models.device import pick_device
 from rtrai.segmentation.data import channel_images, check_intensities, downsample, lateral_order, orient, window
 
 MIN_VOXELS = 16  # per axis, on the model's grid: less cannot hold an organ at the model's resolution
-SPACING_SLACK = 1.25  # how far outside the training spacings an image is still segmented without resampling
 
 
 def predict_probabilities(model, image: np.ndarray, config: dict, device=None) -> np.ndarray:
@@ -111,20 +110,9 @@ class Segmenter:
 
     def working_grid(self, image: sitk.Image) -> sitk.Image | None:
         """A reference grid to resample to, or None when the image's spacing is close to the training spacings."""
-        bounds = self.manifest.get("spacing_mm")
-        if not bounds:
-            return None
-        low, high = np.array(bounds[0], float), np.array(bounds[1], float)
-        spacing = np.array(image.GetSpacing(), float)
-        if np.all(spacing >= low / SPACING_SLACK) and np.all(spacing <= high * SPACING_SLACK):
-            return None
-        target = (low + high) / 2.0
-        size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), spacing, target)]
-        reference = sitk.Image(size, sitk.sitkFloat32)
-        reference.SetSpacing(target.tolist())
-        reference.SetOrigin(image.GetOrigin())
-        reference.SetDirection(image.GetDirection())
-        return reference
+        from rtrai.models import working_grid
+
+        return working_grid(self.manifest, image)
 
     def preprocess(self, case: Case, folder=None) -> tuple[np.ndarray, sitk.Image, sitk.Image | None]:
         """Model input (C, z, y, x), the oriented CT grid, and the working grid (None: the oriented grid itself).
