@@ -124,3 +124,45 @@ def test_plan_bad_inputs(phantom, tmp_path, capsys):
     _bad(["plan", str(folder / "case"), *dose, "--beams", "0", "-o", str(tmp_path / "o5")], capsys, "--beams")
     _bad(["plan", str(folder / "case"), *dose, "--prescription", "PTV70=7000", "-o", str(tmp_path / "o6")],
          capsys, "cGy")
+
+
+def test_mimicking_objective_known_answers():
+    """With an identity dose-influence matrix (one bixel per voxel, dose grid = CT grid) the optimum is known:
+    - outside the possible-dose mask the dose to mimic is undefined (OpenKBP stores zeros there), so those voxels are
+      not pulled to zero: they keep their starting weight;
+    - an OAR half inside the target, where the dose to mimic (40 Gy) is below the coverage bound (0.97 x 60 Gy):
+      coverage raises the overlap, so the OAR's mean can only stay at the mean to mimic if its other half goes below
+      its 20 Gy: the OAR term acts on the whole organ's mean, as its DVH reports it."""
+    import scipy.sparse
+
+    from rtrai.core.case import Case
+    from rtrai.plan.engine import InfluenceMatrix
+    from rtrai.plan.mimicking import optimise
+
+    shape = (4, 6, 6)
+    ct = from_array(np.zeros(shape, np.float32), spacing=(5.0, 5.0, 5.0))
+    ptv, oar, possible = (np.zeros(shape, np.uint8) for _ in range(3))
+    ptv[1:3, 1:3, 1:3] = 1
+    oar[1:3, 1:3, 2:4] = 1  # x = 2 inside the PTV, x = 3 outside
+    possible[:, :, :5] = 1  # x = 5 is outside the possible-dose mask
+    mimic = np.where(ptv > 0, 60.0, 0.0).astype(np.float32)
+    mimic[(ptv > 0) & (oar > 0)] = 40.0
+    mimic[(oar > 0) & (ptv == 0)] = 20.0
+    mimic[:, :, 5] = 0.0
+    masks = {name: from_array(a, reference=ct) for name, a in (("PTV60", ptv), ("Parotid_L", oar))}
+    case = Case(ct=ct, structures=masks, possible_dose_mask=from_array(possible, reference=ct),
+                prescription={"PTV60": 60.0})
+    n = int(np.prod(shape))
+    dose_grid = sitk.Image(ct.GetSize(), sitk.sitkFloat32)
+    dose_grid.CopyInformation(ct)
+    influence = InfluenceMatrix(scipy.sparse.identity(n, np.float32, format="csr"), np.arange(n), dose_grid, ct, [],
+                                np.zeros(n, int), 5.0, 5.0, 0.0)
+    weights, _, _ = optimise(influence, mimic, np.ones(shape, bool), case, {"PTV60": 60.0}, iterations=2000)
+    dose = weights.reshape(shape)
+    assert np.allclose(dose[:, :, 5], 60.0)  # the start: uniform weights scaled to the prescription in the PTV
+    free = (possible > 0) & (ptv == 0) & (oar == 0)
+    assert np.abs(dose[free] - mimic[free]).max() < 0.05
+    overlap, rest = (ptv > 0) & (oar > 0), (oar > 0) & (ptv == 0)
+    assert dose[overlap].mean() > 50.0  # coverage wins over mimicking's 40 Gy
+    assert dose[rest].mean() < 18.0  # the organ's other half compensates
+    assert dose[oar > 0].mean() < mimic[oar > 0].mean() + 2.0

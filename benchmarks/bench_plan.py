@@ -54,7 +54,7 @@ def validation(patients: list[str], predictions: Path | None, priorities=None) -
     priorities = priorities or Priorities()
     print(f"priorities: {priorities}")
     print("patient  MAE_plan_pred_Gy  MAE_pred_ref_Gy  PTV70_D95_plan  PTV70_D95_pred  worst_OAR_mean_excess_Gy  "
-          "matrix_s  opt_s  iterations  cpu_s  peak_GiB")
+          "worst_OAR_D0.1cc_excess_Gy  matrix_s  opt_s  iterations  cpu_s  peak_GiB")
     box, summary = [], []
     for pid in patients:
         case = read_openkbp(DATA / pid)
@@ -68,9 +68,11 @@ def validation(patients: list[str], predictions: Path | None, priorities=None) -
         mae_ref = float(np.abs(pred - sitk.GetArrayViewFromImage(case.dose))[mask].mean())
         mp, mq = structure_metrics(case, result.dose), structure_metrics(case, predicted)
         oar = max(((n, mp[(n, "Dmean")] - mq[(n, "Dmean")]) for n, m in mp if m == "Dmean"), key=lambda t: t[1])
+        hot = max(((n, mp[(n, m)] - mq[(n, m)]) for n, m in mp if m == "D0.1cc"), key=lambda t: t[1])
         d95 = (mp[("PTV70", "D95%")], mq[("PTV70", "D95%")])
         summary.append((mae, d95[0], oar[1]))
         print(f"{pid}  {mae:.2f}  {mae_ref:.2f}  {d95[0]:.1f}  {d95[1]:.1f}  {oar[1]:+.2f} ({oar[0]})  "
+              f"{hot[1]:+.2f} ({hot[0]})  "
               f"{result.matrix_s:.0f}  {result.optimisation_s:.0f}  {result.iterations}  {cpu:.0f}  {peak_gib():.2f}",
               flush=True)
     mae, d95, oar = (np.array(v) for v in zip(*summary))

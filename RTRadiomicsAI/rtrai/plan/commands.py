@@ -10,7 +10,7 @@ def register(sub) -> None:
                        description="Builds the dose-influence matrix of coplanar 6 MV beams (pyRadPlan pencil beams) "
                                    "and optimises the fluence so that the plan dose mimics the dose: the model's "
                                    "prediction (--predict, the default) or --dose, with priority on target coverage "
-                                   "and on OARs not above that dose. Writes OUT/PlanDose.nrrd (Gy, CT grid), "
+                                   "and on OAR means not above that dose's. Writes OUT/PlanDose.nrrd (Gy, CT grid), "
                                    "plan.json, fluence.png, dvh.png, dvh_comparison.csv, provenance.json, and with "
                                    "--format dicom OUT/dicom/ (CT, RTSTRUCT, RTPLAN, RTDOSE of the plan dose).")
     p.add_argument("input", metavar="INPUT", help="case folder, OpenKBP patient or DICOM folder (as for rtrai run)")

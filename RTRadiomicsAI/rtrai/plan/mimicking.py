@@ -5,12 +5,15 @@ carried to every body voxel of the CT by the same trilinear interpolation that r
 (:meth:`~rtrai.plan.engine.InfluenceMatrix.dose_on_ct_grid`), so the coarse dose grid is fitted where it is read. For
 CT-grid dose ``d`` and the dose to mimic ``p`` (both Gy):
 
-    f = mean_body (d - p)^2                                       mimic the dose everywhere in the body
+    f = mean_M (d - p)^2                                          mimic the dose where it is defined (M)
       + target * sum_T mean_T min(0, d - c Rx_T)^2                coverage: each target >= c (0.97) x prescription
-      + oar * sum_O mean_O max(0, d - p)^2                        OARs not above the dose to mimic (outside targets)
+      + oar * sum_O max(0, mean_O d - mean_O p)^2                 each OAR's mean dose not above the mean to mimic
 
-minimised over bixel weights >= 0 with L-BFGS-B (scipy), from uniform weights scaled to the highest prescription.
-The sums over structures weigh each structure equally whatever its size.
+with ``M`` the voxels where the dose to mimic is defined: the possible-dose mask when the case has one (OpenKBP:
+doses are zero outside it by definition, not by physics), else the body. Minimised over bixel weights >= 0 with
+L-BFGS-B (scipy), from uniform weights scaled to the highest prescription. The sums over structures weigh each
+structure equally whatever its size; an OAR's mean is over the whole organ, target overlap included, as a plan's DVH
+reports it.
 """
 
 from __future__ import annotations
@@ -31,10 +34,9 @@ from rtrai.core.structures import is_target
 class Priorities:
     """Weights of the objective's terms relative to mimicking (1)."""
 
-    # Measured on 5 OpenKBP validation patients (benchmarks/results/plan_validation*.txt): 10/10 covers PTV70 (D95 >=
-    # 95 %) in 5 of 5 at 2.88 Gy mean |plan - predicted|; 5/5 in 4 of 5 at 2.72 Gy.
+    # Measured on 5 OpenKBP validation patients (benchmarks/results/plan_validation*.txt, the README's planning section)
     target: float = 10.0
-    oar: float = 10.0
+    oar: float = 10.0  # per Gy^2 of an OAR's mean above the mean to mimic
     coverage: float = 0.97  # the target term pushes every target voxel to at least this fraction of its prescription
 
 
@@ -128,46 +130,49 @@ def optimise(influence, mimic: np.ndarray, body: np.ndarray, case: Case, prescri
     interpolate = _ct_to_dose_grid(influence, ct_voxels)
     dose_matrix = influence.matrix
     p = mimic.ravel()[ct_voxels]
-    n = len(ct_voxels)
     position = np.full(body.size, -1, np.int64)
-    position[ct_voxels] = np.arange(n)
-    in_target = np.zeros(n, bool)
-    lower, upper = [], []  # (positions, bound, weight per voxel)
+    position[ct_voxels] = np.arange(len(ct_voxels))
+    defined = np.ones(len(ct_voxels), np.float32)  # where the dose to mimic is defined
+    if case.possible_dose_mask is not None:
+        defined = (sitk.GetArrayViewFromImage(case.possible_dose_mask).ravel()[ct_voxels] != 0).astype(np.float32)
+    n = max(float(defined.sum()), 1.0)
+
+    def voxels(mask: sitk.Image) -> np.ndarray:
+        idx = position[sitk.GetArrayViewFromImage(mask).ravel() != 0]
+        return idx[idx >= 0]
+
+    lower, means = [], []  # (positions, lowest dose, weight per voxel); (positions, mean dose to mimic)
     for name, level in prescription.items():
-        idx = position[sitk.GetArrayViewFromImage(case.structures[name]).ravel() != 0]
-        idx = idx[idx >= 0]
-        in_target[idx] = True
+        idx = voxels(case.structures[name])
         if idx.size:
             lower.append((idx, np.float32(priorities.coverage * level), priorities.target / idx.size))
     for name, mask in case.structures.items():
-        if is_target(name) or name == "External":
-            continue
-        idx = position[sitk.GetArrayViewFromImage(mask).ravel() != 0]
-        idx = idx[(idx >= 0)]
-        idx = idx[~in_target[idx]]
-        if idx.size:
-            upper.append((idx, p[idx], priorities.oar / idx.size))
+        if not is_target(name) and name != "External":
+            idx = voxels(mask)
+            if idx.size:
+                means.append((idx, float(p[idx].mean())))
 
     def objective(w):
         w = w.astype(np.float32)
         d = interpolate @ (dose_matrix @ w)
         diff = d - p
-        value = float(diff @ diff) / n
-        grad = 2.0 * diff / n
+        value = float((defined * diff) @ diff) / n
+        grad = 2.0 * defined * diff / n
         for idx, bound, weight in lower:
             short = np.minimum(d[idx] - bound, 0.0)
             value += weight * float(short @ short)
             grad[idx] += 2.0 * weight * short
-        for idx, bound, weight in upper:
-            excess = np.maximum(d[idx] - bound, 0.0)
-            value += weight * float(excess @ excess)
-            grad[idx] += 2.0 * weight * excess
+        for idx, mean in means:
+            excess = float(d[idx].mean()) - mean
+            if excess > 0:
+                value += priorities.oar * excess * excess
+                grad[idx] += np.float32(2.0 * priorities.oar * excess / idx.size)
         return value, (dose_matrix.T @ (interpolate.T @ grad)).astype(np.float64)
 
     top = max(prescription.values())
     start = np.ones(influence.bixels, np.float32)
     target_dose = interpolate @ (dose_matrix @ start)
-    covered = np.concatenate([idx for idx, _, _ in lower]) if lower else np.arange(n)
+    covered = np.concatenate([idx for idx, _, _ in lower]) if lower else np.arange(len(ct_voxels))
     start *= top / max(float(target_dose[covered].mean()), 1e-6)
     history: list[float] = []
 
@@ -178,7 +183,7 @@ def optimise(influence, mimic: np.ndarray, body: np.ndarray, case: Case, prescri
 
     result = minimize(objective, start.astype(np.float64), jac=True, method="L-BFGS-B",
                       bounds=[(0.0, None)] * influence.bixels, callback=step,
-                      options={"maxiter": iterations, "maxfun": 2 * iterations})
+                      options={"maxiter": iterations, "maxfun": 2 * iterations, "ftol": 1e-14, "gtol": 1e-14})
     return result.x.astype(np.float32), history, result
 
 

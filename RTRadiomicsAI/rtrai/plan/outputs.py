@@ -37,7 +37,7 @@ def plan_record(result, case: Case) -> dict:
                    "optimiser": "scipy L-BFGS-B (rtrai.plan.mimicking)"},
         "dose_grid_mm": influence.grid_mm, "bixel_mm": influence.bixel_mm, "prescription_gy": result.prescription,
         "fractions": case.fractions,
-        "objective": {"kind": "dose mimicking with target coverage and OAR priorities",
+        "objective": {"kind": "dose mimicking with target coverage and OAR mean-dose priorities",
                       "priorities": {"mimic": 1.0, "target": result.priorities.target, "oar": result.priorities.oar,
                                      "coverage": result.priorities.coverage},
                       "iterations": result.iterations, "converged": result.converged, "message": result.message,
