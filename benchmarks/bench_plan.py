@@ -67,8 +67,11 @@ def validation(patients: list[str], predictions: Path | None, priorities=None) -
         mae = float(np.abs(plan - pred)[mask].mean())
         mae_ref = float(np.abs(pred - sitk.GetArrayViewFromImage(case.dose))[mask].mean())
         mp, mq = structure_metrics(case, result.dose), structure_metrics(case, predicted)
-        oar = max(((n, mp[(n, "Dmean")] - mq[(n, "Dmean")]) for n, m in mp if m == "Dmean"), key=lambda t: t[1])
-        hot = max(((n, mp[(n, m)] - mq[(n, m)]) for n, m in mp if m == "D0.1cc"), key=lambda t: t[1])
+
+        def worst(metric: str) -> tuple[str, float]:  # the structure whose plan exceeds its prediction most
+            return max(((n, mp[(n, m)] - mq[(n, m)]) for n, m in mp if m == metric), key=lambda t: t[1])
+
+        oar, hot = worst("Dmean"), worst("D0.1cc")
         d95 = (mp[("PTV70", "D95%")], mq[("PTV70", "D95%")])
         summary.append((mae, d95[0], oar[1]))
         print(f"{pid}  {mae:.2f}  {mae_ref:.2f}  {d95[0]:.1f}  {d95[1]:.1f}  {oar[1]:+.2f} ({oar[0]})  "

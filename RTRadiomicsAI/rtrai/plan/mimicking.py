@@ -156,8 +156,9 @@ def optimise(influence, mimic: np.ndarray, body: np.ndarray, case: Case, prescri
         w = w.astype(np.float32)
         d = interpolate @ (dose_matrix @ w)
         diff = d - p
-        value = float((defined * diff) @ diff) / n
-        grad = 2.0 * defined * diff / n
+        weighted = defined * diff
+        value = float(weighted @ diff) / n
+        grad = 2.0 * weighted / n
         for idx, bound, weight in lower:
             short = np.minimum(d[idx] - bound, 0.0)
             value += weight * float(short @ short)
