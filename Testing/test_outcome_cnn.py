@@ -131,6 +131,10 @@ def test_evaluate_with_gradcam_finds_the_planted_organ(fitted, planted, tmp_path
     # the parotids do not overlap: the share inside their union is the sum of the two
     np.testing.assert_allclose(wide["Parotid_L+Parotid_R"], wide["Parotid_L"] + wide["Parotid_R"], atol=1e-4)
     np.testing.assert_allclose(shares["enrichment"], shares["attribution_share"] / shares["volume_share"], rtol=1e-3)
+    # the default organs region: most of the attribution lies in the parotids, and more in the planted one
+    assert metrics["gradcam"]["layer"] == "inside"
+    assert wide["Parotid_L+Parotid_R"].median() > 0.5
+    assert wide["Parotid_L"].median() > wide["Parotid_R"].median(), wide
     summary = metrics["gradcam"]["structures"]["Parotid_L"]
     assert summary["cases"] == 10 - len(empty)
     assert summary["attribution_share_mean"] == pytest.approx(wide["Parotid_L"].mean(), abs=1e-4)
@@ -263,3 +267,106 @@ def test_grid_spec_checks_its_arguments():
         cnn.GridSpec(inputs=["dose", "pet"])
     with pytest.raises(InputError, match="positive"):
         cnn.GridSpec(spacing_mm=0)
+
+
+# ------------------------------------------------------------------------------------- the organs region
+
+def test_organ_coordinates_are_relative_to_each_structure():
+    import torch
+
+    shares = torch.zeros(1, 2, 10, 6, 12)
+    shares[0, 0, 2:6, 1:3, 1:4] = 1  # 4 slices, 2 rows, 3 columns
+    shares[0, 1, 5:9, 2:5, 7:11] = 1  # another organ, elsewhere and of another shape
+    coords = cnn.organ_coordinates(shares)[0].numpy()
+    # z of the first organ: slices 2..5, mean 3.5, spread sqrt(1.25): (z - 3.5) / (2 sqrt(1.25))
+    np.testing.assert_allclose(coords[0, 2:6, 1, 1], (np.arange(2, 6) - 3.5) / (2 * np.sqrt(1.25)), rtol=1e-5)
+    # the same relative position in both organs, whatever their place: the top slice of each is its most positive z
+    assert coords[0, 5, 1, 1] == pytest.approx(coords[0, 8, 3, 8])
+    np.testing.assert_allclose(coords[1, 2, 1:3, 1], [-0.5, 0.5], rtol=1e-5)  # 2 rows: mean 1.5, spread 0.5
+    outside = shares[0].sum(0).numpy() == 0
+    assert np.all(coords[:, outside] == 0)
+
+
+def test_the_organs_region_sees_only_the_structures_and_their_context():
+    import torch
+
+    torch.manual_seed(0)
+    spec = cnn.GridSpec(inputs=["dose", "structures"], structures=["Parotid_L", "Parotid_R"], spacing_mm=8,
+                        box_mm=(96, 96, 96), shift=0)
+    net = cnn.build_network(3, cnn.network_spec(spec, {"region": "organs"})).eval()
+    x = np.zeros((1, 3, 12, 12, 12), np.float32)
+    x[0, 0] = np.random.default_rng(0).random((12, 12, 12)) * 0.8
+    x[0, 1, 4:7, 3:6, 7:10] = 1
+    x[0, 2, 5:8, 4:7, 1:4] = 1
+    from scipy.ndimage import binary_dilation
+
+    size = 2 * cnn.CONTEXT + 1
+    far = ~binary_dilation(x[0, 1:].sum(0) > 0, np.ones((size, size, size)))
+    changed = x.copy()
+    changed[0, 0][far] = 1.0  # dose changed only beyond the structures' context
+    with torch.no_grad():
+        a, b = net(torch.as_tensor(x)), net(torch.as_tensor(changed))
+        x[0, 0, 5, 4, 8] += 0.5  # ... and inside the left parotid: the output must move
+        c = net(torch.as_tensor(x))
+    assert float(a) == pytest.approx(float(b), abs=1e-6)
+    assert abs(float(c) - float(a)) > 1e-4
+    from rtrai.models.gradcam import grad_cam
+
+    cam = grad_cam(net, x, cnn.gradcam_layer({"region": "organs"}))
+    assert cam.shape == (12, 12, 12)
+    assert np.all(cam[x[0, 1:].sum(0) == 0] == 0)  # all attribution inside the structures
+
+
+def test_region_choices(phantoms, capsys):
+    assert _fit(phantoms, "t.csv", "--region", "box") == 0
+    assert json.loads((phantoms / "m" / "manifest.json").read_text())["network"]["region"] == "box"
+    assert _fit(phantoms, "t.csv", "--inputs", "dose,ct", "--region", "organs") == 2
+    assert "--region organs needs structures among the --inputs" in capsys.readouterr().err
+    assert _fit(phantoms, "t.csv", "--region", "box", "--members", "2") == 2
+    assert "--members 2: the organs region averages" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ simulated endpoints
+
+def test_cranial_part_and_lkb_known_answers():
+    from rtrai.outcome import simulate
+
+    array = np.zeros((8, 5, 6), np.uint8)
+    array[:, 1:4, 1:5] = 1  # 8 slices of 12 voxels
+    mask = sitk.GetImageFromArray(array)
+    part = simulate.cranial_part(mask, 0.25)  # identity direction: the highest z index is the most superior
+    assert part[6:].sum() == 24 and part[:6].sum() == 0
+    flipped = sitk.GetImageFromArray(array)
+    flipped.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))  # z index runs inferior: the cranial slices come first
+    assert simulate.cranial_part(flipped, 0.25)[:2].sum() == 24
+    assert simulate.lkb_ntcp(simulate.TD50_GY) == pytest.approx(0.5)
+    # one standard deviation above TD50 is m * TD50 Gy
+    assert simulate.lkb_ntcp(21.8 * 1.4, td50=21.8, m=0.4) == pytest.approx(0.8413, abs=1e-4)
+    metrics = pd.DataFrame({"ID": ["a", "b", "c"], "parotids": [2, 2, 0], "dmean_parotids": [70.0, 10.0, np.nan],
+                            "dmean_cranial": [5.0, 50.0, np.nan]})
+    with pytest.warns(Warning, match="1 of 3 cases have no parotid"):
+        table = simulate.simulate(metrics, seed=0)
+    assert list(table["ID"]) == ["a", "b"]
+    np.testing.assert_allclose(table["ntcp_cranial"], simulate.lkb_ntcp([5.0, 50.0], simulate.TD50_CRANIAL_GY))
+    assert table["ntcp_mean"][0] > 0.9 and table["ntcp_cranial"][0] < 0.1  # the endpoints differ by where dose is
+
+
+def test_members_average_networks_trained_apart():
+    rng = np.random.default_rng(0)
+    X = np.zeros((24, 3, 12, 12, 12), np.float16)
+    X[:, 0] = rng.random((24, 12, 12, 12))
+    X[:, 1, 3:7, 3:7, 2:5] = 1
+    X[:, 2, 3:7, 3:7, 7:10] = 1
+    y = np.array([0, 1] * 12)
+    spec = cnn.GridSpec(inputs=["dose", "structures"], structures=["Parotid_L", "Parotid_R"], spacing_mm=10,
+                        box_mm=(80, 80, 80))
+    ensemble = cnn.fit(X, y, spec, "y", cnn.TrainConfig(epochs=2, batch=8, members=3), network={"region": "organs"})
+    assert ensemble.manifest["network"]["members"] == 3 and len(ensemble.manifest["training"]["members"]) == 3
+    raw = []
+    for m in range(3):  # member m is what a one-network fit with seed 1000 m gives
+        one = cnn.fit(X, y, spec, "y", cnn.TrainConfig(epochs=2, batch=8, seed=1000 * m), network={"region": "organs"})
+        raw.append(one.logits(X) + one.manifest["training"]["logit_offset"])
+    np.testing.assert_allclose(ensemble.logits(X) + ensemble.manifest["training"]["logit_offset"], np.mean(raw, 0),
+                               atol=1e-5)
+    with pytest.raises(InputError, match="members"):
+        cnn.fit(X, y, spec, "y", cnn.TrainConfig(epochs=1, members=2), network={"region": "box"})

@@ -6,12 +6,13 @@ probability of every patient is known and its AUC (the oracle) is the best any m
 1. Every OpenKBP patient (169 train + 33 validation) is read once; its dose metrics (parotid mean dose, cranial-half
    mean dose, whole-organ DVH features) and its CNN input (rtrai.outcome.cnn, cached in WORK/cache) are kept in WORK.
 2. Two endpoints (seeded): ``mean`` (LKB on the parotids' mean dose, TD50 39.9 Gy, m 0.40, n 1) and ``cranial`` (the
-   same curve on the mean dose of the parotids' cranial halves, after van Luijk et al. 2015).
+   same curve, TD50 21.8 Gy, on the mean dose of the parotids' cranial quarters, after van Luijk et al. 2015).
 3. Stratified K-fold cross-validation over all patients with an endpoint: in each fold the CNN (rtrai.outcome.cnn.fit,
    the code behind ``rtrai outcome cnn fit``) and two logistic models fitted with scikit-learn on the same training
    patients: "DVH" (L2-penalised, C by inner CV, on Dmean, D2, D50, D98, V10-V50 of each parotid) and "Dmean" (on the
    parotids' mean dose alone, i.e. a refitted LKB-type model). Pooled held-out AUCs with bootstrap CIs and paired
-   bootstrap CIs of the differences; Grad-CAM share inside the parotids on the held-out patients.
+   bootstrap CIs of the differences; on the held-out patients, Grad-CAM's share inside the parotids and the cranial
+   quarters' share of what lies inside them (a uniform map would give them 25 %).
 4. The command line as a user runs it: ``rtrai outcome cnn fit`` on the 169 train patients and ``rtrai outcome cnn
    evaluate --gradcam`` on the 33 validation patients: training time, peak memory, inference per case, and the plots.
 
@@ -38,9 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "openkbp"
 
 
-# Runs one rtrai command and reports its own peak resident memory (children's maxrss would be the largest so far).
-PEAK = ("import resource, sys; from rtrai.cli import main; rc = main(sys.argv[1:]); "
-        "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+# Runs one rtrai command and reports its own peak resident memory: VmHWM, which exec resets (ru_maxrss would start
+# from this benchmark's own size at the fork, and children's maxrss would be the largest so far).
+PEAK = ("import re, sys; from rtrai.cli import main; rc = main(sys.argv[1:]); "
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+        "print('PEAK_RSS_KB', hwm, file=sys.stderr); sys.exit(rc)")
 
 
 def log(text: str = "") -> None:
@@ -49,9 +52,9 @@ def log(text: str = "") -> None:
 
 def read_metrics(paths: dict, work: Path) -> pd.DataFrame:
     from rtrai.io.case_io import read_case
-    from rtrai.outcome.simulate import dose_metrics
+    from rtrai.outcome.simulate import CRANIAL_FRACTION, dose_metrics
 
-    target = work / "dose_metrics.csv"
+    target = work / f"dose_metrics_cranial{CRANIAL_FRACTION:g}.csv"  # the cranial part's size is in the name
     if target.is_file():
         table = pd.read_csv(target)
         if set(table["ID"]) == set(paths):
@@ -90,6 +93,7 @@ def cross_validate(X, infos, table, spec, args) -> dict:
 
     from rtrai.outcome import cnn
     from rtrai.outcome.evaluation import bootstrap_ci
+    from rtrai.outcome.simulate import CRANIAL_FRACTION
 
     dvh_columns = [c for c in table.columns if c.startswith("Parotid_") and not c.endswith("volume_cc")]
     results = {}
@@ -102,8 +106,9 @@ def cross_validate(X, infos, table, spec, args) -> dict:
         for k, (train, test) in enumerate(folds, start=1):
             started = time.time()
             model = cnn.fit(X[train], y[train], spec, label,
-                            cnn.TrainConfig(epochs=args.epochs, patience=args.patience, flip=True,
-                                            seed=args.seed + k, threads=args.threads))
+                            cnn.TrainConfig(epochs=args.epochs, patience=args.patience, flip=True, lr=args.lr,
+                                            seed=args.seed + k, threads=args.threads, members=args.members),
+                            network={"region": args.region})
             seconds.append(time.time() - started)
             epochs.append(model.manifest["training"]["epochs_run"])
             held["cnn"][test] = model.probabilities(X[test])
@@ -120,7 +125,8 @@ def cross_validate(X, infos, table, spec, args) -> dict:
                 if both is not None:
                     shares.append((both["attribution_share"], both["volume_share"]))
                     union = masks["Parotid_L"] | masks["Parotid_R"]
-                    upper = cranial_half(union)
+                    upper = cranial_part(masks["Parotid_L"], CRANIAL_FRACTION) | cranial_part(masks["Parotid_R"],
+                                                                                         CRANIAL_FRACTION)
                     cranial_shares.append(float(cams[i][upper].sum() / max(cams[i][union].sum(), 1e-12)))
             auc = roc_auc_score(y[test], held["cnn"][test])
             log(f"  {variant} fold {k}: CNN {auc:.3f}, DVH {roc_auc_score(y[test], held['dvh'][test]):.3f}, oracle "
@@ -138,7 +144,7 @@ def cross_validate(X, infos, table, spec, args) -> dict:
         entry["gradcam_share_parotids"] = {"median": float(np.median(share[:, 0])), "mean": float(share[:, 0].mean()),
                                            "volume_share_mean": float(share[:, 1].mean()),
                                            "cases_over_half": float((share[:, 0] > 0.5).mean()),
-                                           "cranial_half_of_parotid_attribution": float(np.median(cranial_shares))}
+                                           "cranial_part_of_parotid_attribution": float(np.median(cranial_shares))}
         entry["train_seconds_per_fold"] = float(np.mean(seconds))
         entry["epochs_per_fold"] = float(np.mean(epochs))
         entry["held_out"] = {"ID": list(table["ID"]), **{k: v.tolist() for k, v in held.items()}}
@@ -146,14 +152,14 @@ def cross_validate(X, infos, table, spec, args) -> dict:
     return results
 
 
-def cranial_half(mask: np.ndarray) -> np.ndarray:
-    """The superior half of a (z, y, x) LPS mask's voxels (z index increasing = superior)."""
+def cranial_part(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """The superior ``fraction`` of a (z, y, x) LPS mask's voxels (z index increasing = superior), whole slices."""
     counts = mask.sum((1, 2))
     keep, total = [], 0
     for z in np.nonzero(counts)[0][::-1]:
         keep.append(z)
         total += counts[z]
-        if total >= mask.sum() / 2:
+        if total >= fraction * mask.sum():
             break
     selector = np.zeros(mask.shape[0], bool)
     selector[keep] = True
@@ -198,7 +204,9 @@ def run_cli(args, table: pd.DataFrame, work: Path) -> dict:
     out = {}
     for step, command in (
             ("fit", ["outcome", "cnn", "fit", "--cases", str(args.data[0]), "--table", str(work / "endpoint.csv"),
-                     "--id", "ID", "--label", label, "--flip", "--epochs", str(args.epochs), "--patience",
+                     "--id", "ID", "--label", label, "--flip", "--region", args.region, "--lr", str(args.lr),
+                     "--members", str(args.members),
+                     "--epochs", str(args.epochs), "--patience",
                      str(args.patience), "--seed", str(args.seed), "--cache", str(work / "cache"), "-o",
                      str(work / "model")]),
             ("evaluate", ["outcome", "cnn", "evaluate", "--model", str(work / "model"), "--cases",
@@ -241,6 +249,9 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--patience", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--region", choices=("organs", "box"), default="organs")
+    parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -252,7 +263,7 @@ def main() -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     warnings.simplefilter("ignore")
     from rtrai.outcome import cnn
-    from rtrai.outcome.simulate import M, TD50_GY, simulate
+    from rtrai.outcome.simulate import M, TD50_CRANIAL_GY, TD50_GY, simulate
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -264,9 +275,10 @@ def main() -> int:
     metrics = read_metrics(paths, work)
     log(f"dose metrics of {len(paths)} patients: {time.time() - started:.0f} s")
     table = simulate(metrics, seed=args.seed)
-    log(f"LKB TD50 {TD50_GY} Gy, m {M}, n 1; {len(table)} patients with a parotid; events: mean-dose endpoint "
+    log(f"LKB m {M}, n 1, TD50 {TD50_GY} Gy (mean dose) and {TD50_CRANIAL_GY} Gy (cranial quarters); {len(table)} "
+        f"patients with a parotid; events: mean-dose endpoint "
         f"{int(table['xero_mean'].sum())}, cranial-part endpoint {int(table['xero_cranial'].sum())}; parotid mean dose "
-        f"{table['dmean_parotids'].mean():.1f} +- {table['dmean_parotids'].std():.1f} Gy, cranial half "
+        f"{table['dmean_parotids'].mean():.1f} +- {table['dmean_parotids'].std():.1f} Gy, cranial quarters "
         f"{table['dmean_cranial'].mean():.1f} +- {table['dmean_cranial'].std():.1f} Gy (r = "
         f"{np.corrcoef(table['dmean_parotids'], table['dmean_cranial'])[0, 1]:.3f})")
     spec = cnn.GridSpec()
@@ -295,8 +307,8 @@ def main() -> int:
             g = entry["gradcam_share_parotids"]
             log(f"  Grad-CAM inside the parotids: median {g['median']:.1%}, mean {g['mean']:.1%} of the attribution "
                 f"(they fill {g['volume_share_mean']:.1%} of the box); over half in {g['cases_over_half']:.0%} of the "
-                f"patients; cranial half's share of the parotids' attribution: median "
-                f"{g['cranial_half_of_parotid_attribution']:.1%}")
+                f"patients; cranial quarters' share of the parotids' attribution: median "
+                f"{g['cranial_part_of_parotid_attribution']:.1%}")
             log(f"  training: {entry['train_seconds_per_fold']:.0f} s and {entry['epochs_per_fold']:.0f} epochs per "
                 f"fold")
         roc_figure(results, table, work / "cv_roc.png", args.folds)

@@ -10,10 +10,13 @@ patient's right to left; the optional lateral flip mirrors it *and* swaps the ``
 named Parotid_L always holds the organ on the image's left: use it only for endpoints that are symmetric in left and
 right (it is off by default).
 
-Network: MONAI residual units (two stride-2 stages, batch norm: instance or group norm would divide away the absolute
-dose level each patient's risk depends on), global average pooling and one logit. Training: AdamW, class-weighted
-BCE (``pos_weight`` = negatives / positives), early stopping on a stratified inner validation split, seeded; the
-weighting shifts the logit by log(pos_weight), which prediction subtracts again so probabilities stay calibrated.
+Network (:func:`build_network`), one of two regions: ``organs`` (the default with structures: features at full
+resolution kept only inside the structures, with each voxel's position relative to its organ, so an organ's risk comes
+from the dose in it and Grad-CAM says where inside it) or ``box`` (two stride-2 stages over the whole box). Batch
+norm: instance or group norm would divide away the absolute dose level each patient's risk depends on. Training:
+AdamW, class-weighted BCE (``pos_weight`` = negatives / positives), early stopping on a stratified inner validation
+split, seeded; the weighting shifts the logit by log(pos_weight), which prediction subtracts again so probabilities
+stay calibrated.
 
 A model is ``weights.safetensors`` + ``manifest.json`` (:func:`rtrai.models.write_model`): the sha256 of the weights is
 checked before loading, and the manifest holds the preprocessing, so evaluation and prediction rebuild the same input.
@@ -298,15 +301,47 @@ def _check_inputs(X: np.ndarray, infos: list[dict], spec: GridSpec) -> None:
 
 # ---------------------------------------------------------------------------------------------- network
 
-NETWORK = {"arch": "outcome-cnn", "channels": [16, 32, 64], "dropout": 0.2, "pool": [], "skip": True}
+NETWORK = {"arch": "outcome-cnn", "channels": [16, 32, 64], "dropout": 0.2, "pool": [], "skip": True,
+           "region": "box", "members": 1}
+# region "organs": features at full resolution, kept only inside the structures (see build_network)
+ORGAN_CHANNELS = [8, 16, 16]
+CONTEXT = 2  # voxels each structure voxel sees around it in the organs region
+REGIONS = ("organs", "box")
+
+
+def organ_coordinates(shares):
+    """(B, S, z, y, x) shares of each voxel inside each structure -> (B, 3, z, y, x): every voxel's position relative
+    to the structure it lies in, per axis (z, y, x) in units of twice that structure's spread (about -1..1 across
+    it; 0 outside the structures). Computed from the input itself, so it follows translations and lateral flips."""
+    import torch
+
+    w = shares.flatten(2)  # B, S, V
+    axes = torch.meshgrid(*(torch.arange(n, dtype=shares.dtype, device=shares.device) for n in shares.shape[2:]),
+                          indexing="ij")
+    position = torch.stack([a.flatten() for a in axes])  # 3, V
+    mass = w.sum(-1).clamp(min=1e-6)[..., None]  # B, S, 1
+    mean = torch.einsum("bsv,av->bsa", w, position) / mass
+    spread = (torch.einsum("bsv,av->bsa", w, position ** 2) / mass - mean ** 2).clamp(min=0.25).sqrt()
+    relative = (position[None, None] - mean[..., None]) / (2 * spread[..., None])  # B, S, 3, V
+    return torch.einsum("bsv,bsav->bav", w, relative).reshape(shares.shape[0], 3, *shares.shape[2:])
 
 
 def build_network(in_channels: int, network: dict | None = None):
-    """MONAI residual units (stride 2, stride 2, stride 1) and a head that pools the last features over the whole box
-    and inside each structure named by ``network["pool"]`` (input channel indices): organ toxicity depends on the dose
-    *in* the organ, and a mean inside the organ is what a plain global pool over a 3000 cc box would have to learn
-    from a few hundred noisy labels. Pooling inside does not force the attribution there: the global pool sees the
-    whole box, and Grad-CAM (layer ``features.2``, a quarter of the input's resolution) shows what was used."""
+    """The outcome CNN, one of two regions (``network["region"]``):
+
+    - ``box``: MONAI residual units (stride 2, stride 2, stride 1) over the whole box and a head that pools the last
+      features over the box and inside each structure named by ``network["pool"]`` (input channel indices), plus a
+      linear skip from the images' means inside each structure. Grad-CAM (layer ``features.2``, a quarter of the
+      input's resolution) shows what the convolutions used, not the skip.
+    - ``organs``: for an organ's toxicity from the dose *in* it. MONAI residual units at full resolution (3x3x3 for
+      local context, then 1x1x1) on the images plus each voxel's position relative to its organ
+      (:func:`organ_coordinates`: so the net can tell the cranial part of a parotid from the caudal one); these
+      features, the images themselves and their products with the coordinates, multiplied by the voxel's share
+      inside the structures (layer ``inside``: zero outside), averaged inside each structure, one linear layer;
+      ``members`` such networks averaged. Every path to the output goes through ``inside``, so Grad-CAM on it covers
+      the whole decision and is zero outside the structures: *where inside the organ* the risk comes from (for
+      organs of like size and head weights, the positive part of each voxel's contribution to the logit).
+    """
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -315,8 +350,74 @@ def build_network(in_channels: int, network: dict | None = None):
     network = {**NETWORK, **(network or {})}
     if network.get("arch") != "outcome-cnn":
         raise ModelError(f"unknown outcome network arch '{network.get('arch')}'")
+    if network["region"] not in REGIONS:
+        raise ModelError(f"unknown outcome network region '{network['region']}' (one of {', '.join(REGIONS)})")
     c1, c2, c3 = (int(c) for c in network["channels"])
     pool = [int(i) for i in network.get("pool", [])]
+    if network["region"] == "organs" and not pool:
+        raise InputError("the organs region needs structures among the inputs (--inputs ...,structures)")
+    if int(network["members"]) < 1 or (network["region"] == "box" and int(network["members"]) != 1):
+        raise InputError(f"{network['members']} members: the organs region averages 1 or more, the box region has 1")
+
+    class InsideStructures(nn.Module):
+        """Features times each voxel's share inside any structure (Grad-CAM's layer in the organs region)."""
+
+        def forward(self, features, occupancy):
+            return features * occupancy
+
+    class OrganMember(nn.Module):
+        """One network of the organs region: its features and its linear head."""
+
+        def __init__(self, images: int):
+            super().__init__()
+            self.features = nn.Sequential(
+                ResidualUnit(3, in_channels + 3, c1, strides=1, kernel_size=3, subunits=2, norm="batch"),
+                ResidualUnit(3, c1, c2, strides=1, kernel_size=1, subunits=2, norm="batch"),
+                ResidualUnit(3, c2, c3, strides=1, kernel_size=1, subunits=2, norm="batch"),
+            )
+            self.linear = nn.Linear((c3 + 4 * images) * len(pool), 1)
+
+    class OrganCNN(nn.Module):
+        """``members`` networks (trained apart, :func:`train`) whose logits are averaged; all of their features pass
+        through the one ``inside`` layer, so Grad-CAM explains the average."""
+
+        def __init__(self):
+            super().__init__()
+            self.images = [c for c in range(in_channels) if c not in pool]
+            self.members = nn.ModuleList(OrganMember(len(self.images)) for _ in range(int(network["members"])))
+            self.inside = InsideStructures()
+            self.dropout = nn.Dropout(float(network["dropout"]))
+
+        def forward(self, x):
+            shares = x[:, pool]
+            occupancy = shares.sum(1, keepdim=True).clamp(max=1)
+            coordinates = organ_coordinates(shares)
+            inputs = torch.cat([x, coordinates], dim=1)
+            # beside the learned features, each image and its products with the organ coordinates: averaged inside an
+            # organ they are its mean dose and the dose's first moments along each axis (where in the organ the dose
+            # lies), from which a head starts as a DVH model would from Dmean
+            images = x[:, self.images]
+            moments = (images[:, :, None] * coordinates[:, None]).flatten(1, 2)
+            # Only the structures' voxels reach the output, and they see 2 voxels around them (one 3x3x3 unit of
+            # two convolutions): run on the batch's bounding box of the structures grown by that, zero elsewhere
+            # (3x fewer voxels for two parotids in the default box; the same values inside the structures).
+            found = torch.nonzero(occupancy.amax(dim=(0, 1)) > 0)
+            box = (slice(None),) * 5
+            if len(found):
+                low = (found.min(0).values - CONTEXT).clamp(min=0).tolist()
+                high = (found.max(0).values + CONTEXT + 1).tolist()
+                box = (slice(None), slice(None), *(slice(a, b) for a, b in zip(low, high)))
+            parts = []
+            for member in self.members:
+                f = x.new_zeros((x.shape[0], c3, *x.shape[2:]))
+                f[box] = member.features(inputs[box])
+                parts += [f, images, moments]
+            f = self.inside(torch.cat(parts, dim=1), occupancy)
+            own = shares / occupancy.clamp(min=1e-6)  # which structure a voxel's features belong to
+            volume = shares.sum(dim=(2, 3, 4)).clamp(min=1e-6)
+            pooled = torch.einsum("bcxyz,bsxyz->bsc", f, own) / volume[..., None]
+            chunks = pooled.split(c3 + 4 * len(self.images), dim=2)
+            return torch.stack([m.linear(self.dropout(c.flatten(1))) for m, c in zip(self.members, chunks)]).mean(0)
 
     class OutcomeCNN(nn.Module):
         def __init__(self):
@@ -349,14 +450,25 @@ def build_network(in_channels: int, network: dict | None = None):
                 out = self.skip(means.flatten(1))
             return self.linear(self.dropout(torch.cat(pooled, dim=1))) + out
 
-    return OutcomeCNN()
+    return OrganCNN() if network["region"] == "organs" else OutcomeCNN()
 
 
-GRADCAM_LAYER = "features.2"
+def gradcam_layer(network: dict) -> str:
+    """The layer Grad-CAM explains: the masked features (organs) or the last convolutional stage (box)."""
+    return "inside" if {**NETWORK, **network}["region"] == "organs" else "features.2"
 
 
 def structure_channels(spec: GridSpec) -> list[int]:
     return [c for c, name in enumerate(spec.channels) if name in spec.structures and "structures" in spec.inputs]
+
+
+def network_spec(spec: GridSpec, network: dict | None = None) -> dict:
+    """The network settings a model is built and stored with: defaults, the given settings, the structure channels
+    to pool inside (and the organs region's own default widths)."""
+    network = dict(network or {})
+    if network.get("region") == "organs" and "channels" not in network:
+        network["channels"] = ORGAN_CHANNELS
+    return {**NETWORK, **network, "pool": structure_channels(spec)}
 
 
 def _lateral_swap(channels: list[str]) -> list[int]:
@@ -384,6 +496,7 @@ class TrainConfig:
     flip: bool = False
     seed: int = 0
     threads: int = 1
+    members: int = 1  # organs region: networks averaged, each with its own seed and inner validation split
 
 
 def _seed_everything(seed: int, threads: int):
@@ -396,12 +509,10 @@ def _seed_everything(seed: int, threads: int):
 
 def train(X: np.ndarray, y: np.ndarray, spec: GridSpec, config: TrainConfig | None = None, network: dict | None = None,
           progress=None) -> tuple[dict, dict]:
-    """Train on (N, C, z, y, x) stored boxes and 0/1 labels; returns (state dict of the best epoch, training record)."""
-    import torch
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import train_test_split
-
-    from rtrai.core.progress import silent
+    """Train on (N, C, z, y, x) stored boxes and 0/1 labels; returns (state dict of the best epoch, training record).
+    With ``config.members`` > 1 (organs region) each member is trained apart (seed + 1000 x member, its own inner
+    validation split) and the state holds all of them; the record holds each member's record."""
+    from rtrai.core.progress import silent, sub
 
     config = config or TrainConfig()
     report = progress or silent
@@ -413,12 +524,42 @@ def train(X: np.ndarray, y: np.ndarray, spec: GridSpec, config: TrainConfig | No
     if counts.min() < 4:
         raise InputError(f"only {int(counts.min())} cases of the minority class in {len(y)}: too few to train and "
                          f"validate a CNN")
+    network = {**network_spec(spec, network), "members": int(config.members)}
+    build_network(X.shape[1], network)  # refuses a bad combination before any training
+    k = int(config.members)
+    states, records = [], []
+    for m in range(k):
+        member_config = TrainConfig(**{**asdict(config), "seed": config.seed + 1000 * m, "members": 1})
+        state, record = _train_member(X, y, spec, member_config, {**network, "members": 1},
+                                      sub(report, m / k, (m + 1) / k))
+        states.append({f"members.{m}." + key.removeprefix("members.0."): v for key, v in state.items()}
+                      if network["region"] == "organs" else state)
+        records.append(record)
+    if k == 1:
+        return states[0], records[0]
+    record = {**{key: records[0][key] for key in ("n", "n_positive", "n_fit", "n_validation", "prevalence")},
+              "pos_weight": float(np.mean([r["pos_weight"] for r in records])),
+              "logit_offset": float(np.mean([r["logit_offset"] for r in records])),
+              "best_epoch": [r["best_epoch"] for r in records], "epochs_run": sum(r["epochs_run"] for r in records),
+              "validation_loss": round(float(np.mean([r["validation_loss"] for r in records])), 5),
+              "validation_auc": round(float(np.nanmean([r["validation_auc"] for r in records])), 4),
+              "config": asdict(config), "members": records,
+              "cpu_seconds": round(sum(r["cpu_seconds"] for r in records), 1),
+              "seconds": round(sum(r["seconds"] for r in records), 1)}
+    return {key: v for state in states for key, v in state.items()}, record
+
+
+def _train_member(X: np.ndarray, y: np.ndarray, spec: GridSpec, config: TrainConfig, network: dict, report):
+    """One network of :func:`train` (labels checked there)."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+
     rng = _seed_everything(config.seed, config.threads)
     index = np.arange(len(y))
     fit_idx, val_idx = train_test_split(index, test_size=config.validation, stratify=y, random_state=config.seed)
     n_pos, n_neg = int(y[fit_idx].sum()), int(len(fit_idx) - y[fit_idx].sum())
     pos_weight = n_neg / max(n_pos, 1)
-    network = {**NETWORK, **(network or {}), "pool": structure_channels(spec)}
     net = build_network(X.shape[1], network)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
@@ -450,8 +591,8 @@ def train(X: np.ndarray, y: np.ndarray, spec: GridSpec, config: TrainConfig | No
             optimiser.step()
             total += loss.item() * len(batch)
         net.eval()
-        with torch.no_grad():
-            logits = net(X_val)
+        with torch.no_grad():  # in batches: the organs region's full-resolution features are large
+            logits = torch.cat([net(X_val[i:i + config.batch]) for i in range(0, len(X_val), config.batch)])
             val_loss = float(loss_fn(logits, y_val))
         val_auc = float(roc_auc_score(y[val_idx], logits[:, 0].numpy())) if 0 < y[val_idx].sum() < len(val_idx) \
             else float("nan")
@@ -536,7 +677,8 @@ class OutcomeCNN:
         from rtrai.models.gradcam import grad_cam
 
         box = crop(X, self.spec).astype(np.float32)
-        return np.stack([grad_cam(self.network, box[i:i + 1], GRADCAM_LAYER) for i in range(len(box))])
+        layer = gradcam_layer(self.manifest["network"])
+        return np.stack([grad_cam(self.network, box[i:i + 1], layer) for i in range(len(box))])
 
 
 def fit(X: np.ndarray, y: np.ndarray, spec: GridSpec, label: str, config: TrainConfig | None = None,
@@ -545,7 +687,7 @@ def fit(X: np.ndarray, y: np.ndarray, spec: GridSpec, label: str, config: TrainC
     config = config or TrainConfig()
     state, record = train(X, y, spec, config, network, progress)
     manifest = {"name": "outcome-cnn", "version": "1", "task": TASK, "weights": "weights.safetensors", "sha256": "",
-                "network": {**NETWORK, **(network or {}), "pool": structure_channels(spec)},
+                "network": {**network_spec(spec, network), "members": int(config.members)},
                 "inputs": spec.to_dict(), "labels": [label],
                 "training": {**record, "ids": list(ids) if ids is not None else None,
                              "threshold": record["prevalence"]},
@@ -758,4 +900,4 @@ def write_gradcam(model: OutcomeCNN, X: np.ndarray, infos: list[dict], p: np.nda
                              "volume_share_mean": float(group["volume_share"].mean()),
                              "enrichment_median": float(group["enrichment"].median()),
                              "cases": int(group["attribution_share"].notna().sum())}
-    return {"maps": len(cams), "layer": GRADCAM_LAYER, "structures": summary}
+    return {"maps": len(cams), "layer": gradcam_layer(model.manifest["network"]), "structures": summary}

@@ -104,6 +104,13 @@ def _register_cnn(commands) -> None:
     fit.add_argument("--spacing", type=float, default=4.0, metavar="MM", help="voxel size of the grid (default 4)")
     fit.add_argument("--box", default="128,160,160", metavar="Z,Y,X",
                      help="box size in mm, cranio-caudal, antero-posterior, lateral (default 128,160,160)")
+    fit.add_argument("--region", choices=("organs", "box"), default=None,
+                     help="organs: the network's features are kept inside the structures (an organ's toxicity from "
+                          "the dose in it; Grad-CAM shows where inside it); box: the whole box (default: organs when "
+                          "the inputs have structures, else box)")
+    fit.add_argument("--members", type=int, default=1, metavar="N",
+                     help="organs region: average N networks, each with its own seed and inner validation split "
+                          "(default 1; N times the training time)")
     fit.add_argument("--flip", action="store_true",
                      help="lateral flips (with _L/_R channels swapped): only for endpoints symmetric in left/right")
     fit.add_argument("--epochs", type=int, default=80, metavar="N")
@@ -294,14 +301,21 @@ def run_cnn_fit(args) -> int:
         raise InputError(f"--box {args.box}: give three sizes in mm, Z,Y,X (e.g. 128,160,160)")
     spec = cnn.GridSpec(inputs=_columns(args.inputs), structures=_columns(args.structures),
                         around=_columns(args.around), spacing_mm=args.spacing, box_mm=box)
+    region = args.region or ("organs" if "structures" in spec.inputs else "box")
+    if region == "organs" and "structures" not in spec.inputs:
+        raise InputError("--region organs needs structures among the --inputs (e.g. --inputs dose,structures)")
+    if args.members < 1 or (region == "box" and args.members != 1):
+        raise InputError(f"--members {args.members}: the organs region averages 1 or more networks, the box region "
+                         f"has one")
     id_column = args.id or "ID"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         paths, X, infos, y = _cnn_cohort(args, spec, id_column, args.label)
         config = cnn.TrainConfig(epochs=args.epochs, patience=args.patience, batch=args.batch, lr=args.lr,
                                  validation=args.validation, flip=args.flip, seed=args.seed,
-                                 threads=_threads(args.threads))
-        model = cnn.fit(X, y, spec, args.label, config, ids=[i["id"] for i in infos], progress=default("Training"))
+                                 threads=_threads(args.threads), members=args.members)
+        model = cnn.fit(X, y, spec, args.label, config, network={"region": region}, ids=[i["id"] for i in infos],
+                        progress=default("Training"))
     _print_warnings(caught)
     model.manifest["training"].update(id_column=id_column, cases=[str(c) for c in args.cases],
                                       command="rtrai outcome cnn fit", table=str(args.table))
