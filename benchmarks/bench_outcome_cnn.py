@@ -91,9 +91,11 @@ def cross_validate(X, infos, table, spec, args) -> dict:
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
+    import SimpleITK as sitk
+
     from rtrai.outcome import cnn
     from rtrai.outcome.evaluation import bootstrap_ci
-    from rtrai.outcome.simulate import CRANIAL_FRACTION
+    from rtrai.outcome.simulate import CRANIAL_FRACTION, cranial_part
 
     dvh_columns = [c for c in table.columns if c.startswith("Parotid_") and not c.endswith("volume_cc")]
     results = {}
@@ -125,8 +127,9 @@ def cross_validate(X, infos, table, spec, args) -> dict:
                 if both is not None:
                     shares.append((both["attribution_share"], both["volume_share"]))
                     union = masks["Parotid_L"] | masks["Parotid_R"]
-                    upper = cranial_part(masks["Parotid_L"], CRANIAL_FRACTION) | cranial_part(masks["Parotid_R"],
-                                                                                         CRANIAL_FRACTION)
+                    # the box is an identity-direction LPS grid: as an image, z runs superior as cranial_part expects
+                    upper = np.logical_or.reduce([cranial_part(sitk.GetImageFromArray(masks[n].astype(np.uint8)),
+                                                               CRANIAL_FRACTION) for n in ("Parotid_L", "Parotid_R")])
                     cranial_shares.append(float(cams[i][upper].sum() / max(cams[i][union].sum(), 1e-12)))
             auc = roc_auc_score(y[test], held["cnn"][test])
             log(f"  {variant} fold {k}: CNN {auc:.3f}, DVH {roc_auc_score(y[test], held['dvh'][test]):.3f}, oracle "
@@ -150,20 +153,6 @@ def cross_validate(X, infos, table, spec, args) -> dict:
         entry["held_out"] = {"ID": list(table["ID"]), **{k: v.tolist() for k, v in held.items()}}
         results[variant] = entry
     return results
-
-
-def cranial_part(mask: np.ndarray, fraction: float) -> np.ndarray:
-    """The superior ``fraction`` of a (z, y, x) LPS mask's voxels (z index increasing = superior), whole slices."""
-    counts = mask.sum((1, 2))
-    keep, total = [], 0
-    for z in np.nonzero(counts)[0][::-1]:
-        keep.append(z)
-        total += counts[z]
-        if total >= fraction * mask.sum():
-            break
-    selector = np.zeros(mask.shape[0], bool)
-    selector[keep] = True
-    return mask & selector[:, None, None]
 
 
 def roc_figure(results: dict, table: pd.DataFrame, path: Path, folds: int) -> None:

@@ -354,10 +354,6 @@ def build_network(in_channels: int, network: dict | None = None):
         raise ModelError(f"unknown outcome network region '{network['region']}' (one of {', '.join(REGIONS)})")
     c1, c2, c3 = (int(c) for c in network["channels"])
     pool = [int(i) for i in network.get("pool", [])]
-    if network["region"] == "organs" and not pool:
-        raise InputError("the organs region needs structures among the inputs (--inputs ...,structures)")
-    if int(network["members"]) < 1 or (network["region"] == "box" and int(network["members"]) != 1):
-        raise InputError(f"{network['members']} members: the organs region averages 1 or more, the box region has 1")
 
     class InsideStructures(nn.Module):
         """Features times each voxel's share inside any structure (Grad-CAM's layer in the organs region)."""
@@ -411,13 +407,14 @@ def build_network(in_channels: int, network: dict | None = None):
             for member in self.members:
                 f = x.new_zeros((x.shape[0], c3, *x.shape[2:]))
                 f[box] = member.features(inputs[box])
-                parts += [f, images, moments]
-            f = self.inside(torch.cat(parts, dim=1), occupancy)
+                parts.append(f)
+            f = self.inside(torch.cat([*parts, images, moments], dim=1), occupancy)  # images, moments: shared
             own = shares / occupancy.clamp(min=1e-6)  # which structure a voxel's features belong to
             volume = shares.sum(dim=(2, 3, 4)).clamp(min=1e-6)
             pooled = torch.einsum("bcxyz,bsxyz->bsc", f, own) / volume[..., None]
-            chunks = pooled.split(c3 + 4 * len(self.images), dim=2)
-            return torch.stack([m.linear(self.dropout(c.flatten(1))) for m, c in zip(self.members, chunks)]).mean(0)
+            *learned, common = pooled.split([c3] * len(self.members) + [4 * len(self.images)], dim=2)
+            return torch.stack([m.linear(self.dropout(torch.cat([c, common], dim=2).flatten(1)))
+                                for m, c in zip(self.members, learned)]).mean(0)
 
     class OutcomeCNN(nn.Module):
         def __init__(self):
@@ -462,13 +459,19 @@ def structure_channels(spec: GridSpec) -> list[int]:
     return [c for c, name in enumerate(spec.channels) if name in spec.structures and "structures" in spec.inputs]
 
 
-def network_spec(spec: GridSpec, network: dict | None = None) -> dict:
+def network_spec(spec: GridSpec, network: dict | None = None, members: int = 1) -> dict:
     """The network settings a model is built and stored with: defaults, the given settings, the structure channels
-    to pool inside (and the organs region's own default widths)."""
+    to pool inside (and the organs region's own default widths), checked against the inputs."""
     network = dict(network or {})
     if network.get("region") == "organs" and "channels" not in network:
         network["channels"] = ORGAN_CHANNELS
-    return {**NETWORK, **network, "pool": structure_channels(spec)}
+    network = {**NETWORK, **network, "pool": structure_channels(spec), "members": int(members)}
+    if network["region"] == "organs" and not network["pool"]:
+        raise InputError("--region organs needs structures among the --inputs (e.g. --inputs dose,structures)")
+    if network["members"] < 1 or (network["region"] == "box" and network["members"] != 1):
+        raise InputError(f"--members {network['members']}: the organs region averages 1 or more networks, the box "
+                         f"region has one")
+    return network
 
 
 def _lateral_swap(channels: list[str]) -> list[int]:
@@ -524,8 +527,7 @@ def train(X: np.ndarray, y: np.ndarray, spec: GridSpec, config: TrainConfig | No
     if counts.min() < 4:
         raise InputError(f"only {int(counts.min())} cases of the minority class in {len(y)}: too few to train and "
                          f"validate a CNN")
-    network = {**network_spec(spec, network), "members": int(config.members)}
-    build_network(X.shape[1], network)  # refuses a bad combination before any training
+    network = network_spec(spec, network, config.members)
     k = int(config.members)
     states, records = [], []
     for m in range(k):
@@ -687,7 +689,7 @@ def fit(X: np.ndarray, y: np.ndarray, spec: GridSpec, label: str, config: TrainC
     config = config or TrainConfig()
     state, record = train(X, y, spec, config, network, progress)
     manifest = {"name": "outcome-cnn", "version": "1", "task": TASK, "weights": "weights.safetensors", "sha256": "",
-                "network": {**network_spec(spec, network), "members": int(config.members)},
+                "network": network_spec(spec, network, config.members),
                 "inputs": spec.to_dict(), "labels": [label],
                 "training": {**record, "ids": list(ids) if ids is not None else None,
                              "threshold": record["prevalence"]},

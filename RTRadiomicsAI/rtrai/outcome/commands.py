@@ -302,11 +302,7 @@ def run_cnn_fit(args) -> int:
     spec = cnn.GridSpec(inputs=_columns(args.inputs), structures=_columns(args.structures),
                         around=_columns(args.around), spacing_mm=args.spacing, box_mm=box)
     region = args.region or ("organs" if "structures" in spec.inputs else "box")
-    if region == "organs" and "structures" not in spec.inputs:
-        raise InputError("--region organs needs structures among the --inputs (e.g. --inputs dose,structures)")
-    if args.members < 1 or (region == "box" and args.members != 1):
-        raise InputError(f"--members {args.members}: the organs region averages 1 or more networks, the box region "
-                         f"has one")
+    cnn.network_spec(spec, {"region": region}, args.members)  # refuses a bad combination before reading the cases
     id_column = args.id or "ID"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
