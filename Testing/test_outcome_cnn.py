@@ -315,6 +315,13 @@ def test_the_organs_region_sees_only_the_structures_and_their_context():
     cam = grad_cam(net, x, cnn.gradcam_layer({"region": "organs"}))
     assert cam.shape == (12, 12, 12)
     assert np.all(cam[x[0, 1:].sum(0) == 0] == 0)  # all attribution inside the structures
+    # the convolution window (a training-speed and memory setting) does not change the output
+    occupancy = torch.as_tensor(x[:, 1:].sum(1, keepdims=True))
+    assert cnn.conv_window(occupancy) == (slice(2, 10), slice(1, 9), slice(0, 12))  # organs +- 2, inside
+    assert cnn.conv_window(occupancy, (9, 12, 4)) == (slice(2, 11), slice(0, 12), slice(0, 12))  # at least
+    net.window = (10, 11, 12)
+    with torch.no_grad():
+        assert float(net(torch.as_tensor(x))) == pytest.approx(float(c), abs=1e-6)
 
 
 def test_region_choices(phantoms, capsys):

@@ -326,6 +326,24 @@ def organ_coordinates(shares):
     return torch.einsum("bsv,bsav->bav", w, relative).reshape(shares.shape[0], 3, *shares.shape[2:])
 
 
+def conv_window(occupancy, minimum=None) -> tuple[slice, slice, slice]:
+    """Where the organs region's convolutions run: the bounding box of the batch's structures (``occupancy``,
+    (B, 1, z, y, x)) grown by the CONTEXT their voxels see, then to at least ``minimum`` voxels per axis (centred,
+    inside the input). Outputs do not depend on the window's size beyond that; a fixed size lets training reuse the
+    same allocations every batch instead of fragmenting the heap with a new shape per batch."""
+    size = occupancy.shape[2:]
+    found = np.argwhere(occupancy.detach().amax(dim=(0, 1)).cpu().numpy() > 0)
+    if not len(found):
+        return tuple(slice(0, n) for n in size)
+    window = []
+    for axis, n in enumerate(size):
+        low, high = max(int(found[:, axis].min()) - CONTEXT, 0), min(int(found[:, axis].max()) + CONTEXT + 1, n)
+        width = max(high - low, min(int(minimum[axis]), n) if minimum is not None else 0)
+        low = min(max(low - (width - (high - low)) // 2, 0), n - width)
+        window.append(slice(low, low + width))
+    return tuple(window)
+
+
 def build_network(in_channels: int, network: dict | None = None):
     """The outcome CNN, one of two regions (``network["region"]``):
 
@@ -383,6 +401,7 @@ def build_network(in_channels: int, network: dict | None = None):
             self.members = nn.ModuleList(OrganMember(len(self.images)) for _ in range(int(network["members"])))
             self.inside = InsideStructures()
             self.dropout = nn.Dropout(float(network["dropout"]))
+            self.window = None  # the smallest convolution window (z, y, x), see conv_window
 
         def forward(self, x):
             shares = x[:, pool]
@@ -395,14 +414,9 @@ def build_network(in_channels: int, network: dict | None = None):
             images = x[:, self.images]
             moments = (images[:, :, None] * coordinates[:, None]).flatten(1, 2)
             # Only the structures' voxels reach the output, and they see 2 voxels around them (one 3x3x3 unit of
-            # two convolutions): run on the batch's bounding box of the structures grown by that, zero elsewhere
-            # (3x fewer voxels for two parotids in the default box; the same values inside the structures).
-            found = torch.nonzero(occupancy.amax(dim=(0, 1)) > 0)
-            box = (slice(None),) * 5
-            if len(found):
-                low = (found.min(0).values - CONTEXT).clamp(min=0).tolist()
-                high = (found.max(0).values + CONTEXT + 1).tolist()
-                box = (slice(None), slice(None), *(slice(a, b) for a, b in zip(low, high)))
+            # two convolutions): run on the batch's bounding box of the structures grown by that (conv_window), zero
+            # elsewhere (2-3x fewer voxels for two parotids in the default box; the same values inside them).
+            box = (slice(None), slice(None), *conv_window(occupancy, self.window))
             parts = []
             for member in self.members:
                 f = x.new_zeros((x.shape[0], c3, *x.shape[2:]))
@@ -551,6 +565,18 @@ def train(X: np.ndarray, y: np.ndarray, spec: GridSpec, config: TrainConfig | No
     return {key: v for state in states for key, v in state.items()}, record
 
 
+def _release_freed_memory() -> None:
+    """Give the heap's free pages back to the system (glibc): batches of varying shapes otherwise leave the
+    resident size growing epoch after epoch (measured: 1.9 GiB after one epoch, 2.8 after twelve)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _train_member(X: np.ndarray, y: np.ndarray, spec: GridSpec, config: TrainConfig, network: dict, report):
     """One network of :func:`train` (labels checked there)."""
     import torch
@@ -563,6 +589,13 @@ def _train_member(X: np.ndarray, y: np.ndarray, spec: GridSpec, config: TrainCon
     n_pos, n_neg = int(y[fit_idx].sum()), int(len(fit_idx) - y[fit_idx].sum())
     pos_weight = n_neg / max(n_pos, 1)
     net = build_network(X.shape[1], network)
+    if hasattr(net, "window"):
+        # organs region: about one convolution window for every batch (see conv_window), the size the structures of
+        # all cases span; a shifted batch that spans more gets a larger one (the window with the shifts included
+        # would run 2x slower for the few batches that need it)
+        structures = np.argwhere(X[:, network["pool"]].max(axis=(0, 1)) > 0)
+        if len(structures):
+            net.window = structures.max(0) - structures.min(0) + 1 + 2 * CONTEXT
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
     swap = _lateral_swap(spec.channels)
@@ -592,6 +625,7 @@ def _train_member(X: np.ndarray, y: np.ndarray, spec: GridSpec, config: TrainCon
             loss.backward()
             optimiser.step()
             total += loss.item() * len(batch)
+        _release_freed_memory()
         net.eval()
         with torch.no_grad():  # in batches: the organs region's full-resolution features are large
             logits = torch.cat([net(X_val[i:i + config.batch]) for i in range(0, len(X_val), config.batch)])
