@@ -369,3 +369,66 @@ def test_average_of_snapshots_averages_weights(tmp_path, capsys):
     assert cli.main(["dose", "average", str(tmp_path / "best"), str(tmp_path / "other.pt"), "-o",
                      str(tmp_path / "bad")]) == 2
     assert "same network" in capsys.readouterr().err
+
+
+def test_refine_head_trains_on_a_frozen_base_and_predicts_through_the_manifest(cohort, tmp_path, capsys):
+    """A cascade's second stage: the head starts as a no-op, learns on crops while the base's weights stay exactly as
+    shipped, and the refined model is one checksummed model whose manifest names its base and sums the CPU hours."""
+    import torch
+
+    from rtrai.models import load_state_dict, read_manifest
+
+    patients = cohort / "patients"
+    spec = {"type": "prior-unet", "channels": [4, 8], "strides": [2], "num_res_units": 1, "downsample": 2}
+    base_cfg = {**TINY, "network": spec, "patch": None, "steps": 2, "validate_every": 2, "crop_margin_vox": 2}
+    base_run = training.train(patients, tmp_path / "base", base_cfg, patients)
+    base_dir = export.export_model(tmp_path / "base", base_cfg, base_run, command="test").parent
+    base = read_manifest(str(base_dir))
+
+    # An untrained head leaves the base's output unchanged.
+    head = {"channels": 4, "layers": 2}
+    refined = networks.build_network({**spec, "refine": head})
+    refined.load_state_dict(load_state_dict(base), strict=False)
+    plain = networks.build_network(spec)
+    plain.load_state_dict(load_state_dict(base))
+    x = torch.rand(1, len(encoding.CHANNELS), 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(refined.eval()(x), plain.eval()(x), atol=0, rtol=0)
+
+    config = {**TINY, "patch": None, "steps": 4, "validate_every": 2, "lr": 0.01,
+              "refine": {"base": str(base_dir), **head, "patch": [8, 16, 16]}}
+    result = training.train(patients, tmp_path / "head", config, patients)
+    log = (tmp_path / "head" / "train.log").read_text()
+    assert "coarse doses of 2 training cases" in log and "validation of the base (step 0)" in log
+    weights = torch.load(tmp_path / "head" / "checkpoint.pt", map_location="cpu", weights_only=True)["network"]
+    for name, value in load_state_dict(base).items():  # frozen: the base's weights as loaded (fp16 shipped)
+        torch.testing.assert_close(weights[name], value.float(), atol=0, rtol=0)
+    assert weights["head.2.weight"].abs().max() > 0  # the zero-started last layer has learned
+
+    manifest = json.loads(export.export_model(tmp_path / "head", config, result, command="test").read_text())
+    assert manifest["network"] == {**spec, "refine": head}
+    assert manifest["inference"] == {"flip": True, "crop_margin_vox": 2}
+    assert manifest["training"]["base"]["sha256"] == base["sha256"] and manifest["training"]["patch"] is None
+    assert manifest["training"]["cpu_hours"] == pytest.approx(result["cpu_hours"] + base["training"]["cpu_hours"])
+    predictor = inference.DosePredictor(str(tmp_path / "head" / "model"), "cpu")
+    case = predictor.read(patients / "p1")
+    inputs = encoding.encode_inputs(case)
+    predicted = sitk.GetArrayFromImage(predictor.predict(case))
+    np.testing.assert_allclose(predicted, inference.predict_array(predictor.network, inputs, flip=True,
+                                                                  crop_margin=2), atol=1e-5)
+    coarse = inference.predict_array(inference.DosePredictor(str(base_dir), "cpu").network, inputs, flip=True,
+                                     crop_margin=2)
+    assert np.abs(predicted - coarse).max() > 1e-4
+
+    # Refused: a refined model in an ensemble, a refine without base.
+    capsys.readouterr()
+    assert cli.main(["dose", "ensemble", str(base_dir), str(tmp_path / "head" / "model"),
+                     "-o", str(tmp_path / "bad")]) == 2
+    assert "refine head" in capsys.readouterr().err
+    with pytest.raises(InputError, match="needs 'base'"):
+        training.train(patients, tmp_path / "x", {**config, "refine": {"channels": 4}})
+    # A crop larger than a case is padded outside the possible dose, where the loss does not look.
+    cases = training.load_cohort(patients, print, crop_margin=2)
+    x, y = training.sample_batch(cases, np.random.default_rng(0), [80, 8, 8], 2)
+    assert x.shape == (2, len(encoding.CHANNELS), 80, 8, 8) and y.shape == (2, 1, 80, 8, 8)
+    assert np.all(x[:, encoding.BODY, max(c["y"].shape[0] for c in cases):] == 0)

@@ -20,7 +20,7 @@ def export_model(workdir: Path, config: dict, result: dict, command: str) -> Pat
     state = run_weights(best if best.is_file() else workdir / "checkpoint.pt")
     history = result.get("history", [])
     best_entry = min(history, key=lambda h: h["dose_score_gy"]) if history else None
-    cfg = {**DEFAULT_CONFIG, **config}
+    cfg = result.get("config") or {**DEFAULT_CONFIG, **config}  # the run's effective config (a refine run's base)
     manifest = {
         "name": config.get("name", "dose-model"), "version": f"step{result['step']}", "task": "dose",
         "weights": "weights.safetensors", "sha256": "", "network": cfg["network"],
@@ -37,6 +37,9 @@ def export_model(workdir: Path, config: dict, result: dict, command: str) -> Pat
                     "validation_cases": best_entry["n"] if best_entry else 0,
                     "selected_at_step": best_entry["step"] if best_entry else None},
     }
+    if result.get("base"):  # a refine run: its head on a frozen base; the CPU hours count both
+        manifest["training"].update(refine=cfg["refine"], base=result["base"], run_cpu_hours=result.get("cpu_hours"),
+                                    cpu_hours=(result.get("cpu_hours") or 0) + (result["base"]["cpu_hours"] or 0))
     return write_model(workdir / "model", state, manifest)
 
 
@@ -53,6 +56,9 @@ def join_models(models: list[str], destination: str | os.PathLike) -> Path:
     unets = []  # one state dict per U-Net, in order
     for manifest in manifests:
         network = {k: v for k, v in manifest["network"].items() if k != "members"}
+        if network.get("refine"):
+            raise ModelError(f"model '{manifest['name']}' ({manifest['folder']}) has a refine head: ensembles join "
+                             "coarse models (train one head on top of the joined ensemble instead)")
         if (manifest.get("task") != "dose" or network != base or manifest["inputs"] != first["inputs"]
                 or inference_settings(manifest) != inference_settings(first)):
             raise ModelError(f"model '{manifest['name']}' ({manifest['folder']}) is not a dose model with the same "

@@ -4,8 +4,11 @@
 that a MONAI U-Net computes at half resolution from the average-pooled inputs and that is upsampled trilinearly. The
 prior carries the sharp PTV dose edges, so the coarse network only learns what is smooth (the tail, OAR sparing, the
 dose between levels): a half-resolution network alone blurs the edges, a full-resolution one costs 8x more on a CPU.
-``members`` > 1 is an ensemble (:func:`rtrai.dose.export.join_models`). ``unet`` / ``resunet``: a plain
-full-resolution U-Net (trained on crops). The discriminator is the optional adversarial mode's conditional PatchGAN.
+``members`` > 1 is an ensemble (:func:`rtrai.dose.export.join_models`). ``refine`` ({channels, layers}) adds a
+small full-resolution head that corrects the coarse result from the inputs and the coarse dose (a cascade's second
+stage, trained on crops with the coarse part frozen: ``refine`` in a training config), for what the 2x coarser grid
+smooths. ``unet`` / ``resunet``: a plain full-resolution U-Net (trained on crops). The discriminator is the optional
+adversarial mode's conditional PatchGAN.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ def build_network(spec: dict, channels=None):
     if kind not in ("prior-unet", "unet", "resunet"):
         raise InputError(f"unknown dose network type '{kind}' (use prior-unet, unet or resunet)")
     members = int(spec.get("members", 1))
+    if spec.get("refine") and kind != "prior-unet":
+        raise InputError("'refine' heads are for prior-unet models")
     if members < 1 or (members > 1 and kind != "prior-unet"):
         raise InputError(f"'members: {members}': ensembles are made of prior-unet models (1 or more)")
 
@@ -47,8 +52,17 @@ def build_network(spec: dict, channels=None):
             self.ensemble = torch.nn.ModuleList(make_unet() for _ in range(members - 1))  # no weights when empty
             self.factor = int(spec.get("downsample", 2))
             self.strides = [self.factor] + list(spec["strides"])  # for input padding: the product must divide
+            self.head = refine_head(spec["refine"], len(input_channels(channels))) if spec.get("refine") else None
 
         def forward(self, x):
+            coarse = self.coarse(x)
+            return coarse if self.head is None else self.refine(x, coarse)
+
+        def refine(self, x, coarse):
+            """The coarse dose corrected by the full-resolution head."""
+            return coarse + self.head(torch.cat([x, coarse], 1))
+
+        def coarse(self, x):
             low = torch.nn.functional.avg_pool3d(x, self.factor)
             correction = self.unet(low)
             for unet in self.ensemble:
@@ -59,6 +73,24 @@ def build_network(spec: dict, channels=None):
             return x[:, PRIOR:PRIOR + 1] + correction
 
     return PriorResidualNet()
+
+
+def refine_head(spec: dict, in_channels: int):
+    """``layers`` 3x3x3 convolutions of ``channels`` features on the inputs and the coarse dose, ending in one dose
+    channel whose weights start at zero: an untrained head leaves the coarse model's output unchanged."""
+    import torch
+
+    width, layers = int(spec.get("channels", 16)), int(spec.get("layers", 4))
+    if width < 1 or layers < 2:
+        raise InputError(f"refine head {spec}: needs channels >= 1 and layers >= 2")
+    modules, features = [], in_channels + 1
+    for _ in range(layers - 1):
+        modules += [torch.nn.Conv3d(features, width, 3, padding=1), torch.nn.PReLU()]
+        features = width
+    last = torch.nn.Conv3d(features, 1, 3, padding=1)
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    return torch.nn.Sequential(*modules, last)
 
 
 def build_discriminator(spec: dict, in_channels: int = len(CHANNELS)):

@@ -18,7 +18,7 @@ from rtrai.core.errors import InputError
 from rtrai.dose.augmentation import augment as augment_volume
 from rtrai.dose.augmentation import flip_left_right
 from rtrai.dose.config import DEFAULT_CONFIG
-from rtrai.dose.encoding import BODY, DOSE_SCALE_GY, body_box, encode_inputs, input_channels, pad_end
+from rtrai.dose.encoding import BODY, DOSE_SCALE_GY, body_box, encode_inputs, input_channels, pad_end, pad_to
 from rtrai.dose.inference import predict_array
 from rtrai.dose.losses import adversarial_step, weighted_l1
 from rtrai.dose.networks import build_discriminator, build_network
@@ -62,10 +62,11 @@ def sample_batch(cases: list[dict], rng: np.random.Generator, patch, batch: int,
             zs, ys_, xs_ = np.nonzero(body[::4, ::4, ::4])  # centre crops on the body (coarse index for speed)
             pick = int(rng.integers(len(zs)))
             centre = np.array([zs[pick], ys_[pick], xs_[pick]]) * 4
-            start = [int(np.clip(c - p // 2 + rng.integers(-8, 9), 0, s - p))
+            start = [int(np.clip(c - p // 2 + rng.integers(-8, 9), 0, max(s - p, 0)))
                      for c, p, s in zip(centre, patch, y.shape)]
             sl = tuple(slice(s, s + p) for s, p in zip(start, patch))
-            xp, yp = x[(slice(None),) + sl].astype(np.float32), y[sl].astype(np.float32)
+            # A case narrower than the crop (a cropped case can be) is padded: outside the possible dose, no loss.
+            xp, yp = pad_end(x[(slice(None),) + sl].astype(np.float32), patch), pad_end(y[sl].astype(np.float32), patch)
         if rng.random() < 0.5:  # left-right flip: x is the last axis; paired organs swap channels
             xp, yp = flip_left_right(xp, yp)
         xs.append(np.ascontiguousarray(xp))
@@ -85,6 +86,42 @@ def validation_scores(network, cases: list[dict], patch=None, crop_margin: int |
         mask = item["x"][BODY] > 0
         errors.append(float(np.abs(pred - ref).sum() / max(mask.sum(), 1)))
     return {"dose_score_gy": float(np.mean(errors)), "n": len(errors)}
+
+
+def refine_setup(cfg: dict) -> tuple[dict, dict]:
+    """The effective config of a ``refine`` run (network, channels and cropping of the base model, the head added)
+    and the base model's manifest."""
+    from rtrai.models import read_manifest
+
+    refine = cfg["refine"]
+    if "base" not in refine:
+        raise InputError("'refine' needs 'base': the trained prior-unet dose model to refine (zoo name or folder)")
+    base = read_manifest(refine["base"])
+    if base.get("task") != "dose" or base["network"].get("type") != "prior-unet" or base["network"].get("refine"):
+        raise InputError(f"'refine' base '{refine['base']}' is not a prior-unet dose model without a head")
+    patch = refine.get("patch", [32, 48, 48])
+    if not (isinstance(patch, list) and len(patch) == 3 and all(isinstance(v, int) and v > 0 for v in patch)):
+        raise InputError(f"'refine' patch {patch!r}: give three positive voxel counts (z, y, x)")
+    head = {"channels": int(refine.get("channels", 16)), "layers": int(refine.get("layers", 4))}
+    effective = {**cfg, "network": {**base["network"], "refine": head}, "patch": None, "augment": None,
+                 "channels": base["inputs"].get("channels"),
+                 "crop_margin_vox": base.get("inference", {}).get("crop_margin_vox"),
+                 "refine": {**refine, "patch": patch}}
+    return effective, base
+
+
+def add_coarse_dose(network, cases: list[dict], multiple: int) -> None:
+    """Append the frozen coarse model's dose to each case's inputs as a last channel (float16): a refine head trains
+    on crops, while the coarse U-Net needs the whole case for its field of view."""
+    import torch
+
+    network.eval()
+    with torch.inference_mode():
+        for item in cases:
+            padded, crop = pad_to(item["x"].astype(np.float32), multiple)
+            coarse = network.coarse(torch.from_numpy(padded[None]))[0, 0].numpy()[crop]
+            item["x"] = np.concatenate([item["x"], coarse[None].astype(np.float16)])
+    network.train()
 
 
 def one_cycle(optimiser, cfg: dict):
@@ -110,6 +147,9 @@ def train(data: Path, outdir: Path, config: dict | None = None, validation: Path
     import torch
 
     cfg = {**DEFAULT_CONFIG, **(config or {})}
+    base = None
+    if cfg.get("refine"):
+        cfg, base = refine_setup(cfg)
     outdir.mkdir(parents=True, exist_ok=True)
     log = Logger(outdir / "train.log")
 
@@ -118,7 +158,16 @@ def train(data: Path, outdir: Path, config: dict | None = None, validation: Path
     channels = input_channels(cfg["channels"])
     network = build_network(cfg["network"], channels)
     multiple = int(np.prod(network.strides))
-    optimiser = torch.optim.AdamW(network.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if base is not None:  # the base's weights (checked by sha256), frozen; only the head learns
+        from rtrai.models import load_state_dict
+
+        missing, unexpected = network.load_state_dict(load_state_dict(base), strict=False)
+        if unexpected or any(not k.startswith("head.") for k in missing):
+            raise InputError(f"'refine' base '{cfg['refine']['base']}' does not fit its own network spec")
+        for name, parameter in network.named_parameters():
+            parameter.requires_grad = name.startswith("head.")
+    trained = [p for p in network.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trained, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     # Step-count schedule (not wall-clock): a loaded machine must not decay the rate before the steps happen.
     schedule = one_cycle(optimiser, cfg)
     adversarial = cfg.get("adversarial")
@@ -148,6 +197,16 @@ def train(data: Path, outdir: Path, config: dict | None = None, validation: Path
     cases = load_cohort(data, log, crop_margin=cfg["crop_margin_vox"], channels=channels)
     val_cases = load_cohort(validation, log, cfg.get("validation_cases", 8), channels=channels) if validation else []
     log(f"{len(cases)} training cases, {len(val_cases)} validation cases")
+    patch = cfg["refine"]["patch"] if base is not None else cfg["patch"]
+    if base is not None:
+        started_coarse = time.time()
+        add_coarse_dose(network, cases, multiple)
+        log(f"coarse doses of {len(cases)} training cases by '{cfg['refine']['base']}': "
+            f"{time.time() - started_coarse:.0f} s")
+        if val_cases and not history:
+            scores = validation_scores(network, val_cases, None, cfg["crop_margin_vox"])
+            log(f"validation of the base (step 0): {scores}")
+            network.train()
 
     def save() -> None:
         state = {"network": network.state_dict(), "optimiser": optimiser.state_dict(),
@@ -160,9 +219,13 @@ def train(data: Path, outdir: Path, config: dict | None = None, validation: Path
     started, checkpoint_due, running, running_d = time.time(), Every(cfg["checkpoint_every_s"]), [], []
     network.train()
     while step < cfg["steps"]:
-        x, y = sample_batch(cases, rng, cfg["patch"], cfg["batch"], multiple, cfg.get("augment"))
+        x, y = sample_batch(cases, rng, patch, cfg["batch"], multiple, cfg.get("augment"))
         x, y = torch.from_numpy(x), torch.from_numpy(y)
-        pred = network(x)
+        if base is not None:  # the last channel is the frozen coarse dose
+            x, coarse = x[:, :-1], x[:, -1:]
+            pred = network.refine(x, coarse)
+        else:
+            pred = network(x)
         loss, l1 = weighted_l1(pred, y, x, cfg["structure_weight"])
         if adversarial:
             mask = (x[:, BODY:BODY + 1] > 0).float()
@@ -197,6 +260,11 @@ def train(data: Path, outdir: Path, config: dict | None = None, validation: Path
     save()
     spacing = np.median([c["spacing"] for c in cases], axis=0)
     log(f"stopped at step {step} after {cpu_hours():.3f} CPU hours")
-    return {"step": step, "history": history, "spacing_mm": [round(float(v), 3) for v in spacing],
-            "training_cases": len(cases), "data": str(data),
-            "cpu_hours": round(cpu_hours(), 6)}  # not 3: a tiny run (tests) is < 3.6 CPU s
+    result = {"step": step, "history": history, "spacing_mm": [round(float(v), 3) for v in spacing],
+              "training_cases": len(cases), "data": str(data), "config": cfg,
+              "cpu_hours": round(cpu_hours(), 6)}  # not 3: a tiny run (tests) is < 3.6 CPU s
+    if base is not None:
+        from rtrai.models import model_origin
+
+        result["base"] = {**model_origin(base), "cpu_hours": base.get("training", {}).get("cpu_hours")}
+    return result
