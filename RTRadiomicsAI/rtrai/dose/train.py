@@ -1,7 +1,8 @@
 """Dose model training: encoded cases loaded once (float16, optionally cropped to the possible-dose box), batches of
 whole volumes (zero-padded to a common shape) or crops, with left-right flips and the optional affine augmentation
 (:mod:`rtrai.dose.augmentation`), L1 (:mod:`rtrai.dose.losses`), a one-cycle schedule over the step count,
-validation by the OpenKBP dose score, checkpoints and ``--resume``; :mod:`rtrai.dose.export` writes the model."""
+validation by the OpenKBP dose score, checkpoints and ``--resume``; :mod:`rtrai.dose.export` writes the model.
+A ``refine`` config trains a full-resolution head on crops over a frozen base model instead (:func:`refine_setup`)."""
 
 from __future__ import annotations
 
@@ -94,6 +95,8 @@ def refine_setup(cfg: dict) -> tuple[dict, dict]:
     from rtrai.models import read_manifest
 
     refine = cfg["refine"]
+    if cfg.get("adversarial"):
+        raise InputError("'refine' heads train on L1 alone: drop 'adversarial' from the config")
     if "base" not in refine:
         raise InputError("'refine' needs 'base': the trained prior-unet dose model to refine (zoo name or folder)")
     base = read_manifest(refine["base"])
