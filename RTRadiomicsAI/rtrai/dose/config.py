@@ -36,7 +36,7 @@ DEFAULT_CONFIG = {
     # A cascade's second stage: a full-resolution head (rtrai.dose.networks.refine_head) trained on crops of `patch`
     # voxels on top of a trained prior-unet model `base` (zoo name or folder), which stays frozen; the network,
     # channels and cropping are the base's. None: train a model from scratch.
-    # E.g. {"base": "hn-dose-openkbp", "channels": 16, "layers": 4, "patch": [32, 48, 48]}
+    # E.g. {"base": "training/hn-dose-openkbp-v5/version4", "channels": 16, "layers": 4, "patch": [32, 48, 48]}
     "refine": None,
 }
 
