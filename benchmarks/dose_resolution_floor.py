@@ -37,7 +37,7 @@ def coarse_correction(residual: np.ndarray, factor: int) -> np.ndarray:
 def main() -> int:
     import SimpleITK as sitk
 
-    from rtrai.dose.encoding import BODY, DOSE_SCALE_GY, PRIOR, encode_inputs
+    from rtrai.dose.encoding import BODY, DOSE_SCALE_GY, PRIOR, encode_inputs, prescription_levels
     from rtrai.dose.scores import score_patient, summarise
     from rtrai.io.case_io import list_cases
     from rtrai.io.openkbp import read_openkbp
@@ -57,7 +57,7 @@ def main() -> int:
         floor = np.clip(prior + coarse_correction(reference - prior, 2), 0, None) * possible
         masks = {name: sitk.GetArrayFromImage(mask) != 0 for name, mask in case.structures.items()}
         scores.append(score_patient(folder.name, reference, floor, masks, float(np.prod(case.ct.GetSpacing())),
-                                    possible, 70.0))
+                                    possible, max(prescription_levels(case).values())))
         lines.append(f"{folder.name}: dose score {scores[-1].dose_score:.3f} Gy")
         print(lines[-1], flush=True)
     total = summarise(scores)

@@ -66,8 +66,9 @@ def sample_batch(cases: list[dict], rng: np.random.Generator, patch, batch: int,
             start = [int(np.clip(c - p // 2 + rng.integers(-8, 9), 0, max(s - p, 0)))
                      for c, p, s in zip(centre, patch, y.shape)]
             sl = tuple(slice(s, s + p) for s, p in zip(start, patch))
-            # A case narrower than the crop (a cropped case can be) is padded: outside the possible dose, no loss.
-            xp, yp = pad_end(x[(slice(None),) + sl].astype(np.float32), patch), pad_end(y[sl].astype(np.float32), patch)
+            xp, yp = x[(slice(None),) + sl].astype(np.float32), y[sl].astype(np.float32)
+            if yp.shape != tuple(patch):  # a case narrower than the crop (cropped cases can be): padded, no loss there
+                xp, yp = pad_end(xp, patch), pad_end(yp, patch)
         if rng.random() < 0.5:  # left-right flip: x is the last axis; paired organs swap channels
             xp, yp = flip_left_right(xp, yp)
         xs.append(np.ascontiguousarray(xp))
