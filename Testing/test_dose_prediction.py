@@ -310,12 +310,14 @@ def test_ensemble_averages_its_members_and_is_one_checksummed_model(tmp_path, ca
         with torch.no_grad():
             outputs.append(network(x))
         manifest = {"name": f"m{seed}", "version": "1", "task": "dose", "network": spec, "labels": ["Dose"],
-                    "inputs": {"channels": list(encoding.CHANNELS)}, "weights": "weights.safetensors"}
+                    "inputs": {"channels": list(encoding.CHANNELS)}, "weights": "weights.safetensors",
+                    "training": {"cpu_hours": 1.0 + 0.5 * seed}}
         folders.append(str(write_model(tmp_path / f"m{seed}", network.state_dict(), manifest, half=False).parent))
     assert cli.main(["dose", "ensemble", *folders, "-o", str(tmp_path / "joined")]) == 0
     joined = json.loads((tmp_path / "joined" / "manifest.json").read_text())
     assert joined["network"]["members"] == 2 and len(joined["sha256"]) == 64
     assert [m["name"] for m in joined["training"]["members"]] == ["m0", "m1"]
+    assert joined["training"]["cpu_hours"] == 2.5  # the members' hours summed
     predictor = inference.DosePredictor(str(tmp_path / "joined"), "cpu")
     with torch.no_grad():
         averaged = predictor.network.eval()(x)
@@ -328,7 +330,8 @@ def test_ensemble_averages_its_members_and_is_one_checksummed_model(tmp_path, ca
                 {"name": "other", "version": "1", "task": "dose", "network": other, "labels": ["Dose"],
                  "inputs": {"channels": list(encoding.CHANNELS)}, "weights": "weights.safetensors"})
     assert cli.main(["dose", "ensemble", str(tmp_path / "joined"), folders[0], "-o", str(tmp_path / "three")]) == 0
-    assert json.loads((tmp_path / "three" / "manifest.json").read_text())["network"]["members"] == 3
+    three = json.loads((tmp_path / "three" / "manifest.json").read_text())
+    assert three["network"]["members"] == 3 and three["training"]["cpu_hours"] == 3.5
     capsys.readouterr()
     assert cli.main(["dose", "ensemble", folders[0], str(tmp_path / "other"), "-o", str(tmp_path / "bad")]) == 2
     assert "cannot join" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -69,7 +69,10 @@ def join_models(models: list[str], destination: str | os.PathLike) -> Path:
     joined = {f"{'unet' if i == 0 else f'ensemble.{i - 1}'}.{k}": v for i, unet in enumerate(unets)
               for k, v in unet.items()}
     manifest = {k: v for k, v in first.items() if k not in ("folder", "sha256")}
+    hours = [(m.get("training") or {}).get("cpu_hours") for m in manifests]
     manifest.update(version="ensemble", network={**base, "members": len(unets)}, metrics={},
                     training={"members": [{"name": m["name"], "version": m["version"], "sha256": m["sha256"],
-                                           "training": m.get("training")} for m in manifests]})
+                                           "training": m.get("training")} for m in manifests],
+                              # what the members cost together (None when a member's is unknown)
+                              "cpu_hours": None if None in hours else round(sum(hours), 2)})
     return write_model(destination, joined, manifest)

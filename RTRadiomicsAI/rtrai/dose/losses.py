@@ -14,7 +14,7 @@ def weighted_l1(pred, y, x, structure_weight: float = 0.0):
     inside = (x[:, 1:TARGETS + 1] > 0).any(dim=1, keepdim=True)
     weight = mask * (1 + structure_weight * inside)
     error = (pred - y).abs()
-    plain = float((error * mask).sum() / mask.sum().clamp(min=1))
+    plain = float((error.detach() * mask).sum() / mask.sum().clamp(min=1))  # logged only: no graph
     return (error * weight).sum() / weight.sum().clamp(min=1), plain
 
 
