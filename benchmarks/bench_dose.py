@@ -58,6 +58,9 @@ def main() -> int:
     print(f"median over {len(ours)} cases: rtrai dose predict step {np.median(ours):.2f} s (read, encode, predict "
           f"with flip averaging, write; goal <= 3 s: {'met' if np.median(ours) <= 3 else 'NOT met'}); bare network "
           f"forward {np.median(bare):.2f} s; ratio {np.median(ours) / np.median(bare):.1f}x")
+    slowest = int(np.argmax(ours))
+    print(f"slowest case {sorted(DATA.iterdir())[slowest].name} {ours[slowest]:.2f} s; {sum(t > 3 for t in ours)} of "
+          f"{len(ours)} cases over 3 s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB; this process, model included
     print(f"peak memory of the process {peak:.2f} GiB (goal <= 3 GiB: {'met' if peak <= 3 else 'NOT met'})")
     return 0
