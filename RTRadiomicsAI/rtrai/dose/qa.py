@@ -9,8 +9,8 @@ margin, or a target's coverage (D95%, D99%) that falls below it by more than the
 is reported (its excess: plan above predicted) but never flagged.
 
 The default margin (:data:`DEFAULT_MARGIN_GY`, 5 Gy) is the smallest whole-Gy margin that flagged fewer than 5 % of the
-metrics of the 33 OpenKBP validation patients' own plans (good plans) against the shipped model's predictions: 2.7 %
-with ``hn-dose-openkbp`` version 5 (3 Gy: 11.9 %; versions 3 and 4 chose the same margin, at 4.0 % and 4.2 %;
+metrics of the 33 OpenKBP validation patients' own plans (good plans) against the shipped model's predictions: 3.6 %
+with ``hn-dose-openkbp`` version 6 (3 Gy: 11.2 %; versions 3-5 chose the same margin, at 4.0 %, 4.2 % and 2.7 %;
 ``benchmarks/results/plan_qa_margins.txt``, ``python benchmarks/bench_plan.py qa-margins``).
 """
 
