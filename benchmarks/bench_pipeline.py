@@ -42,9 +42,8 @@ def report(name: str, seconds: float, cpu: float, peak: float, folder: Path) -> 
     inside = sum(s["seconds"] for s in steps)
     split = ", ".join(f"{s['name']} {s['seconds']:.1f}" + ("" if s["status"] == "done" else f" ({s['status']})")
                       for s in steps)
-    extra = ""
-    if "demo" in record:
-        extra = f"; synthetic cohort + outcome fit {record['demo']['outcome_model_seconds']:.1f} s"
+    outside = record.get("demo", {}).get("outcome_model_seconds")  # demos that fit a synthetic outcome model
+    extra = "" if outside is None else f"; synthetic cohort + outcome fit {outside:.1f} s"
     ok = seconds < GOALS[name] and peak <= MEMORY_GOAL_GIB
     print(f"rtrai {name}: {seconds:.1f} s wall (goal < {GOALS[name]:.0f} s), peak memory {peak:.2f} GiB "
           f"(goal <= {MEMORY_GOAL_GIB:g}) -> {'met' if ok else 'NOT met'}; {cpu:.1f} CPU seconds (the work: on 2 "
@@ -52,7 +51,7 @@ def report(name: str, seconds: float, cpu: float, peak: float, folder: Path) -> 
     print("  CPU seconds per step: " + ", ".join(f"{s['name']} {s.get('cpu_seconds', float('nan')):.1f}"
                                                   for s in steps))
     print(f"  steps {inside:.1f} s: {split}{extra}; start-up, imports and the rest "
-          f"{seconds - inside - (record.get('demo', {}).get('outcome_model_seconds', 0.0)):.1f} s")
+          f"{seconds - inside - (outside or 0.0):.1f} s")
     return ok
 
 
