@@ -26,12 +26,11 @@ def coarse_correction(residual: np.ndarray, factor: int) -> np.ndarray:
     import torch
 
     from rtrai.dose.encoding import pad_to
+    from rtrai.dose.networks import upsample
 
     padded, crop = pad_to(residual[None], factor)
     tensor = torch.from_numpy(np.ascontiguousarray(padded))[None]
-    low = torch.nn.functional.avg_pool3d(tensor, factor)
-    return torch.nn.functional.interpolate(low, scale_factor=factor, mode="trilinear",
-                                           align_corners=False)[0, 0].numpy()[crop]
+    return upsample(torch.nn.functional.avg_pool3d(tensor, factor), factor)[0, 0].numpy()[crop]
 
 
 def main() -> int:

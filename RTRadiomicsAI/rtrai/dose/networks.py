@@ -69,12 +69,16 @@ def build_network(spec: dict, channels=None):
             correction = self.unet(low)
             for unet in self.ensemble:
                 correction = correction + unet(low)
-            correction = torch.nn.functional.interpolate(correction / (1 + len(self.ensemble)),
-                                                         scale_factor=self.factor, mode="trilinear",
-                                                         align_corners=False)
-            return x[:, PRIOR:PRIOR + 1] + correction
+            return x[:, PRIOR:PRIOR + 1] + upsample(correction / (1 + len(self.ensemble)), self.factor)
 
     return PriorResidualNet()
+
+
+def upsample(correction, factor: int):
+    """A prior-unet's correction from its coarse grid back to full resolution (trilinear)."""
+    import torch
+
+    return torch.nn.functional.interpolate(correction, scale_factor=factor, mode="trilinear", align_corners=False)
 
 
 def refine_head(spec: dict, in_channels: int):
