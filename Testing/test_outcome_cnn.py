@@ -287,6 +287,57 @@ def test_organ_coordinates_are_relative_to_each_structure():
     assert np.all(coords[:, outside] == 0)
 
 
+def test_organ_quantiles_are_rank_positions_inside_each_structure():
+    import torch
+
+    shares = torch.zeros((1, 2, 10, 4, 10))
+    shares[0, 0, 2, 1, 1] = 1  # slice volumes 1, 1, 2, 4 along z
+    shares[0, 0, 3, 1, 1] = 1
+    shares[0, 0, 4, 1:3, 1] = 1
+    shares[0, 0, 5, 0:4, 1] = 1
+    shares[0, 1, 6:9, 2, 7:9] = 1  # another organ elsewhere: 3 equal slices
+    q = cnn.organ_quantiles(shares)[0].numpy()
+    # z: (volume below + half its own slice) / 8, scaled to -1..1: 0.5/8, 1.5/8, 3/8, 6/8
+    np.testing.assert_allclose(q[0, 2:6, 1, 1], np.array([0.5, 1.5, 3, 6]) / 8 * 2 - 1, rtol=1e-6)
+    np.testing.assert_allclose(q[0, 6:9, 2, 7], [-2 / 3, 0, 2 / 3], atol=1e-6)  # the same fractions in any place
+    np.testing.assert_allclose(q[2, 6, 2, 7:9], [-0.5, 0.5], atol=1e-6)  # x: two equal halves
+    assert np.all(q[:, shares[0].sum(0).numpy() == 0] == 0)
+    shifted = cnn.organ_quantiles(torch.roll(shares, 1, dims=2))[0].numpy()  # follows translations
+    np.testing.assert_allclose(shifted[:, 3:7], q[:, 2:6], atol=1e-6)
+
+
+def _part_cohort(n: int, seed: int):
+    """Cases whose label depends on the dose in the upper half of a structure, not on its lower half."""
+    rng = np.random.default_rng(seed)
+    X = np.zeros((n, 2, 12, 8, 8), np.float16)
+    X[:, 1, 2:10, 2:6, 2:6] = 1  # Parotid_L: 8 slices
+    upper, lower = rng.random(n), rng.random(n)
+    X[:, 0, 6:10] = upper[:, None, None, None]
+    X[:, 0, 2:6] = lower[:, None, None, None]
+    X[:, 0] += rng.normal(0, 0.02, X[:, 0].shape).astype(np.float16)
+    return X, (upper > 0.5).astype(int), upper
+
+
+def test_the_subregions_region_learns_which_part_of_an_organ_matters():
+    from sklearn.metrics import roc_auc_score
+
+    spec = cnn.GridSpec(inputs=["dose", "structures"], structures=["Parotid_L"], spacing_mm=10, box_mm=(120, 80, 80),
+                        shift=0)
+    X, y, upper = _part_cohort(96, 0)
+    model = cnn.fit(X, y, spec, "y", cnn.TrainConfig(epochs=60, patience=60, batch=16, lr=0.03),
+                    network={"region": "subregions"})
+    assert model.manifest["network"]["channels"] == cnn.SUBREGION_CHANNELS
+    X_test, y_test, upper_test = _part_cohort(64, 1)
+    p = model.probabilities(X_test)
+    # the organ's mean dose alone would reach about 0.85 here; the upper half's dose, 1
+    mean_dose = X_test[:, 0, 2:10].astype(float).mean(axis=(1, 2, 3))
+    assert roc_auc_score(y_test, mean_dose) < 0.9
+    assert roc_auc_score(y_test, p) > 0.95
+    cams = model.gradcam(X_test[y_test == 1])
+    assert np.all(cams[:, X_test[0, 1] == 0] == 0)  # nothing outside the structure
+    assert cams[:, 6:10].sum() > 2 * cams[:, 2:6].sum()  # most of it on the part that matters
+
+
 def test_the_organs_region_sees_only_the_structures_and_their_context():
     import torch
 
@@ -330,7 +381,9 @@ def test_region_choices(phantoms, capsys):
     assert _fit(phantoms, "t.csv", "--inputs", "dose,ct", "--region", "organs") == 2
     assert "--region organs needs structures among the --inputs" in capsys.readouterr().err
     assert _fit(phantoms, "t.csv", "--region", "box", "--members", "2") == 2
-    assert "--members 2: the organs region averages" in capsys.readouterr().err
+    assert "--members 2: the organs and subregions regions average" in capsys.readouterr().err
+    assert _fit(phantoms, "t.csv", "--inputs", "dose,ct", "--region", "subregions") == 2
+    assert "--region subregions needs structures among the --inputs" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ simulated endpoints

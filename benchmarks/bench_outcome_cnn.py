@@ -16,7 +16,10 @@ probability of every patient is known and its AUC (the oracle) is the best any m
 4. The command line as a user runs it: ``rtrai outcome cnn fit`` on the 169 train patients and ``rtrai outcome cnn
    evaluate --gradcam`` on the 33 validation patients: training time, peak memory, inference per case, and the plots.
 
-    nice -n 10 python benchmarks/bench_outcome_cnn.py --work /tmp/bench-outcome-cnn [--docs Docs/OutcomeCNN]
+    nice -n 10 python benchmarks/bench_outcome_cnn.py --work /tmp/bench-outcome-cnn --endpoints cranial \
+        [--docs Docs/OutcomeCNN]         (the subregions CNN: results/bench_outcome_cnn_subregions.txt)
+    ... --region organs --lr 2e-3 --epochs 40 --patience 12   (the organs CNN: results/bench_outcome_cnn.txt)
+    ... --seed 1                     (another label draw, folds and CNN seeds: a replicate)
 """
 
 from __future__ import annotations
@@ -236,10 +239,10 @@ def main() -> int:
     parser.add_argument("--endpoints", default="mean,cranial")
     parser.add_argument("--cli-endpoint", default="cranial")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--patience", type=int, default=12)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--region", choices=("organs", "box"), default="organs")
+    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=0.03)
+    parser.add_argument("--region", choices=("organs", "subregions", "box"), default="subregions")
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)

@@ -10,10 +10,12 @@ patient's right to left; the optional lateral flip mirrors it *and* swaps the ``
 named Parotid_L always holds the organ on the image's left: use it only for endpoints that are symmetric in left and
 right (it is off by default).
 
-Network (:func:`build_network`), one of two regions: ``organs`` (the default with structures: features at full
+Network (:func:`build_network`), one of three regions: ``organs`` (the default with structures: features at full
 resolution kept only inside the structures, with each voxel's position relative to its organ, so an organ's risk comes
-from the dose in it and Grad-CAM says where inside it) or ``box`` (two stride-2 stages over the whole box). Batch
-norm: instance or group norm would divide away the absolute dose level each patient's risk depends on. Training:
+from the dose in it and Grad-CAM says where inside it), ``subregions`` (the images' means inside learned soft parts of
+each structure: an organ's risk from the dose in one part of it) or ``box`` (two stride-2 stages over the whole box).
+Batch norm (organs, box): instance or group norm would divide away the absolute dose level each patient's risk
+depends on. Training:
 AdamW, class-weighted BCE (``pos_weight`` = negatives / positives), early stopping on a stratified inner validation
 split, seeded; the weighting shifts the logit by log(pos_weight), which prediction subtracts again so probabilities
 stay calibrated.
@@ -305,8 +307,11 @@ NETWORK = {"arch": "outcome-cnn", "channels": [16, 32, 64], "dropout": 0.2, "poo
            "region": "box", "members": 1}
 # region "organs": features at full resolution, kept only inside the structures (see build_network)
 ORGAN_CHANNELS = [8, 16, 16]
+# region "subregions": learned soft sub-regions of each structure (hidden units, sub-regions), see build_network
+SUBREGION_CHANNELS = [8, 2]
 CONTEXT = 2  # voxels each structure voxel sees around it in the organs region
-REGIONS = ("organs", "box")
+REGIONS = ("organs", "subregions", "box")
+MASKED_REGIONS = ("organs", "subregions")  # regions whose every path to the output passes the `inside` layer
 
 
 def organ_coordinates(shares):
@@ -324,6 +329,25 @@ def organ_coordinates(shares):
     spread = (torch.einsum("bsv,av->bsa", w, position ** 2) / mass - mean ** 2).clamp(min=0.25).sqrt()
     relative = (position[None, None] - mean[..., None]) / (2 * spread[..., None])  # B, S, 3, V
     return torch.einsum("bsv,bsav->bav", w, relative).reshape(shares.shape[0], 3, *shares.shape[2:])
+
+
+def organ_quantiles(shares):
+    """(B, S, z, y, x) shares of each voxel inside each structure -> (B, 3, z, y, x): every voxel's rank position
+    inside the structure it lies in, per axis (z, y, x): the share of the structure's volume in the slices before
+    the voxel's, plus half of its own slice's, scaled to -1..1 (0 outside the structures). Unlike
+    :func:`organ_coordinates`, a value means the same fraction of the organ whatever its shape: 0.8 along z is the
+    border of its most superior tenth in every patient. Follows translations; a lateral flip negates x."""
+    import torch
+
+    total = shares.sum(dim=(2, 3, 4)).clamp(min=1e-6)[..., None]  # B, S, 1
+    out = []
+    for axis in range(3):
+        profile = shares.sum(dim=tuple(2 + a for a in range(3) if a != axis))  # B, S, n: volume per slice
+        middle = (profile.cumsum(-1) - profile / 2) / total * 2 - 1
+        shape = [*shares.shape[:2], 1, 1, 1]
+        shape[2 + axis] = -1
+        out.append((shares * middle.reshape(shape)).sum(1))
+    return torch.stack(out, 1)
 
 
 def conv_window(occupancy, minimum=None) -> tuple[slice, slice, slice]:
@@ -351,6 +375,13 @@ def build_network(in_channels: int, network: dict | None = None):
       features over the box and inside each structure named by ``network["pool"]`` (input channel indices), plus a
       linear skip from the images' means inside each structure. Grad-CAM (layer ``features.2``, a quarter of the
       input's resolution) shows what the convolutions used, not the skip.
+    - ``subregions``: for an organ's toxicity from the dose in a part of it. Per member, 1x1x1 convolutions on each
+      voxel's rank position inside its organ (:func:`organ_quantiles`) give K soft sub-regions (sigmoid maps
+      0..1, K = ``channels[1]``); the head is one linear layer on each image's mean inside each sub-region of each
+      structure (e.g. the mean dose of a parotid's most superior part) and inside the whole structure (its mean
+      dose). The maps, their products with the images and the images pass ``inside`` (Grad-CAM's layer), so the
+      attribution lies on the sub-regions the risk comes from. LKB's n = 1 makes a gland's NTCP a function of a
+      mean dose; this network learns over *which part* it is taken, with few parameters (about 60 per member).
     - ``organs``: for an organ's toxicity from the dose *in* it. MONAI residual units at full resolution (3x3x3 for
       local context, then 1x1x1) on the images plus each voxel's position relative to its organ
       (:func:`organ_coordinates`: so the net can tell the cranial part of a parotid from the caudal one); these
@@ -370,7 +401,7 @@ def build_network(in_channels: int, network: dict | None = None):
         raise ModelError(f"unknown outcome network arch '{network.get('arch')}'")
     if network["region"] not in REGIONS:
         raise ModelError(f"unknown outcome network region '{network['region']}' (one of {', '.join(REGIONS)})")
-    c1, c2, c3 = (int(c) for c in network["channels"])
+    channels = [int(c) for c in network["channels"]]
     pool = [int(i) for i in network.get("pool", [])]
 
     class InsideStructures(nn.Module):
@@ -379,11 +410,58 @@ def build_network(in_channels: int, network: dict | None = None):
         def forward(self, features, occupancy):
             return features * occupancy
 
+    class SubregionMember(nn.Module):
+        """One network of the subregions region: its sub-region maps and its linear head."""
+
+        def __init__(self, images: int):
+            super().__init__()
+            hidden, k = channels
+            self.regions = nn.Sequential(nn.Conv3d(3, hidden, 1), nn.Tanh(), nn.Conv3d(hidden, k, 1), nn.Sigmoid())
+            self.linear = nn.Linear((k + 1) * images * len(pool), 1)
+
+    class SubregionCNN(nn.Module):
+        """``members`` networks whose logits are averaged (see build_network)."""
+
+        def __init__(self):
+            super().__init__()
+            self.images = [c for c in range(in_channels) if c not in pool]
+            self.members = nn.ModuleList(SubregionMember(len(self.images)) for _ in range(int(network["members"])))
+            self.inside = InsideStructures()
+            self.dropout = nn.Dropout(float(network["dropout"]))
+            self.window = None
+
+        def forward(self, x):
+            shares = x[:, pool]
+            occupancy = shares.sum(1, keepdim=True).clamp(max=1)
+            position = organ_quantiles(shares)
+            images = x[:, self.images]
+            n, k = len(self.images), channels[1]
+            box = (slice(None), slice(None), *conv_window(occupancy, self.window))  # 1x1x1: only the structures matter
+            parts = []
+            for member in self.members:
+                maps = x.new_zeros((x.shape[0], k, *x.shape[2:]))
+                maps[box] = member.regions(position[box])
+                parts += [(maps[:, :, None] * images[:, None]).flatten(1, 2), maps]  # k*n products, k maps
+            f = self.inside(torch.cat([*parts, images], dim=1), occupancy)
+            own = shares / occupancy.clamp(min=1e-6)
+            volume = shares.sum(dim=(2, 3, 4)).clamp(min=1e-6)
+            pooled = torch.einsum("bcxyz,bsxyz->bsc", f, own) / volume[..., None]
+            *learned, means = pooled.split([k * n, k] * len(self.members) + [n], dim=2)
+            logits = []
+            for m, member in enumerate(self.members):
+                products, mass = learned[2 * m], learned[2 * m + 1]
+                # each image's mean inside each sub-region: sum(share * map * image) / sum(share * map)
+                inside_parts = products.unflatten(2, (k, n)) / mass.clamp(min=1e-6)[..., None]
+                features = torch.cat([inside_parts.flatten(2), means], dim=2).flatten(1)
+                logits.append(member.linear(self.dropout(features)))
+            return torch.stack(logits).mean(0)
+
     class OrganMember(nn.Module):
         """One network of the organs region: its features and its linear head."""
 
         def __init__(self, images: int):
             super().__init__()
+            c1, c2, c3 = channels
             self.features = nn.Sequential(
                 ResidualUnit(3, in_channels + 3, c1, strides=1, kernel_size=3, subunits=2, norm="batch"),
                 ResidualUnit(3, c1, c2, strides=1, kernel_size=1, subunits=2, norm="batch"),
@@ -419,20 +497,21 @@ def build_network(in_channels: int, network: dict | None = None):
             box = (slice(None), slice(None), *conv_window(occupancy, self.window))
             parts = []
             for member in self.members:
-                f = x.new_zeros((x.shape[0], c3, *x.shape[2:]))
+                f = x.new_zeros((x.shape[0], channels[2], *x.shape[2:]))
                 f[box] = member.features(inputs[box])
                 parts.append(f)
             f = self.inside(torch.cat([*parts, images, moments], dim=1), occupancy)  # images, moments: shared
             own = shares / occupancy.clamp(min=1e-6)  # which structure a voxel's features belong to
             volume = shares.sum(dim=(2, 3, 4)).clamp(min=1e-6)
             pooled = torch.einsum("bcxyz,bsxyz->bsc", f, own) / volume[..., None]
-            *learned, common = pooled.split([c3] * len(self.members) + [4 * len(self.images)], dim=2)
+            *learned, common = pooled.split([channels[2]] * len(self.members) + [4 * len(self.images)], dim=2)
             return torch.stack([m.linear(self.dropout(torch.cat([c, common], dim=2).flatten(1)))
                                 for m, c in zip(self.members, learned)]).mean(0)
 
     class OutcomeCNN(nn.Module):
         def __init__(self):
             super().__init__()
+            c1, c2, c3 = channels
             self.features = nn.Sequential(
                 ResidualUnit(3, in_channels, c1, strides=2, subunits=2, norm="batch"),
                 ResidualUnit(3, c1, c2, strides=2, subunits=2, norm="batch"),
@@ -461,12 +540,12 @@ def build_network(in_channels: int, network: dict | None = None):
                 out = self.skip(means.flatten(1))
             return self.linear(self.dropout(torch.cat(pooled, dim=1))) + out
 
-    return OrganCNN() if network["region"] == "organs" else OutcomeCNN()
+    return {"organs": OrganCNN, "subregions": SubregionCNN, "box": OutcomeCNN}[network["region"]]()
 
 
 def gradcam_layer(network: dict) -> str:
     """The layer Grad-CAM explains: the masked features (organs) or the last convolutional stage (box)."""
-    return "inside" if {**NETWORK, **network}["region"] == "organs" else "features.2"
+    return "inside" if {**NETWORK, **network}["region"] in MASKED_REGIONS else "features.2"
 
 
 def structure_channels(spec: GridSpec) -> list[int]:
@@ -477,14 +556,18 @@ def network_spec(spec: GridSpec, network: dict | None = None, members: int = 1) 
     """The network settings a model is built and stored with: defaults, the given settings, the structure channels
     to pool inside (and the organs region's own default widths), checked against the inputs."""
     network = dict(network or {})
-    if network.get("region") == "organs" and "channels" not in network:
-        network["channels"] = ORGAN_CHANNELS
+    region = network.get("region")
+    if region in MASKED_REGIONS and "channels" not in network:
+        network["channels"] = ORGAN_CHANNELS if region == "organs" else SUBREGION_CHANNELS
+    if region == "subregions" and "dropout" not in network:
+        network["dropout"] = 0.0  # a head on a dozen means: dropping them would only add noise
     network = {**NETWORK, **network, "pool": structure_channels(spec), "members": int(members)}
-    if network["region"] == "organs" and not network["pool"]:
-        raise InputError("--region organs needs structures among the --inputs (e.g. --inputs dose,structures)")
+    if network["region"] in MASKED_REGIONS and not network["pool"]:
+        raise InputError(f"--region {network['region']} needs structures among the --inputs (e.g. --inputs "
+                         f"dose,structures)")
     if network["members"] < 1 or (network["region"] == "box" and network["members"] != 1):
-        raise InputError(f"--members {network['members']}: the organs region averages 1 or more networks, the box "
-                         f"region has one")
+        raise InputError(f"--members {network['members']}: the organs and subregions regions average 1 or "
+                         f"more networks, the box region has one")
     return network
 
 
@@ -549,7 +632,7 @@ def train(X: np.ndarray, y: np.ndarray, spec: GridSpec, config: TrainConfig | No
         state, record = _train_member(X, y, spec, member_config, {**network, "members": 1},
                                       sub(report, m / k, (m + 1) / k))
         states.append({f"members.{m}." + key.removeprefix("members.0."): v for key, v in state.items()}
-                      if network["region"] == "organs" else state)
+                      if network["region"] in MASKED_REGIONS else state)
         records.append(record)
     if k == 1:
         return states[0], records[0]

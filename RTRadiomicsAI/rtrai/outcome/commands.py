@@ -104,13 +104,14 @@ def _register_cnn(commands) -> None:
     fit.add_argument("--spacing", type=float, default=4.0, metavar="MM", help="voxel size of the grid (default 4)")
     fit.add_argument("--box", default="128,160,160", metavar="Z,Y,X",
                      help="box size in mm, cranio-caudal, antero-posterior, lateral (default 128,160,160)")
-    fit.add_argument("--region", choices=("organs", "box"), default=None,
+    fit.add_argument("--region", choices=("organs", "subregions", "box"), default=None,
                      help="organs: the network's features are kept inside the structures (an organ's toxicity from "
-                          "the dose in it; Grad-CAM shows where inside it); box: the whole box (default: organs when "
-                          "the inputs have structures, else box)")
+                          "the dose in it; Grad-CAM shows where inside it); subregions: the images' means inside "
+                          "learned soft sub-regions of each structure (toxicity from the dose in a part of an organ); "
+                          "box: the whole box (default: organs when the inputs have structures, else box)")
     fit.add_argument("--members", type=int, default=1, metavar="N",
-                     help="organs region: average N networks, each with its own seed and inner validation split "
-                          "(default 1; N times the training time)")
+                     help="organs and subregions regions: average N networks, each with its own seed and inner "
+                          "validation split (default 1; N times the training time)")
     fit.add_argument("--flip", action="store_true",
                      help="lateral flips (with _L/_R channels swapped): only for endpoints symmetric in left/right")
     fit.add_argument("--epochs", type=int, default=80, metavar="N")
