@@ -544,7 +544,7 @@ def build_network(in_channels: int, network: dict | None = None):
 
 
 def gradcam_layer(network: dict) -> str:
-    """The layer Grad-CAM explains: the masked features (organs) or the last convolutional stage (box)."""
+    """The layer Grad-CAM explains: the masked features (organs, subregions) or the last convolutional stage (box)."""
     return "inside" if {**NETWORK, **network}["region"] in MASKED_REGIONS else "features.2"
 
 
@@ -885,7 +885,8 @@ def box_image(array: np.ndarray, spec: GridSpec) -> sitk.Image:
 
 def montage(X: np.ndarray, cams: np.ndarray, spec: GridSpec, ids: list[str], probabilities: np.ndarray,
             labels: np.ndarray | None, path: Path, limit: int = 12) -> Path:
-    """One axial slice per case (through the structures' centre): dose in grey, Grad-CAM in colour, contours."""
+    """One axial slice per case (the one holding the most attribution; without any, the structures' largest): dose in
+    grey, Grad-CAM in colour, contours."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -906,7 +907,8 @@ def montage(X: np.ndarray, cams: np.ndarray, spec: GridSpec, ids: list[str], pro
         if k >= n:
             continue
         organs = box[k, organ_channels].sum(0) if organ_channels else cams[k]
-        z = int(np.argmax(organs.sum((1, 2)))) if organs.any() else box.shape[2] // 2
+        shown = cams[k] if cams[k].any() else organs
+        z = int(np.argmax(shown.sum((1, 2)))) if shown.any() else box.shape[2] // 2
         if background is not None:
             ax.imshow(box[k, background, z], cmap="gray", vmin=0 if channels[background] == "dose" else -1,
                       vmax=float(box[:, background].max()) if channels[background] == "dose" else 1)
@@ -916,7 +918,8 @@ def montage(X: np.ndarray, cams: np.ndarray, spec: GridSpec, ids: list[str], pro
                 ax.contour(box[k, c, z], levels=[0.5], colors="white", linewidths=0.8)
         truth = "" if labels is None else f", y={int(labels[k])}"
         ax.set_title(f"{ids[k]}: p={probabilities[k]:.2f}{truth}", fontsize=9)
-    fig.suptitle("Grad-CAM (colour) on the dose (grey), axial slice through the structures; patient left on the right")
+    fig.suptitle("Grad-CAM (colour) on the dose (grey), the axial slice with the most attribution; patient left on the "
+                 "right")
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
