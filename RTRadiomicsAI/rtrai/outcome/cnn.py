@@ -410,6 +410,25 @@ def build_network(in_channels: int, network: dict | None = None):
         def forward(self, features, occupancy):
             return features * occupancy
 
+    class MaskedRegionCNN(nn.Module):
+        """``members`` networks (trained apart, :func:`train`) whose logits are averaged; all of their features pass
+        through the one ``inside`` layer, so Grad-CAM explains the average."""
+
+        def __init__(self, member):
+            super().__init__()
+            self.images = [c for c in range(in_channels) if c not in pool]
+            self.members = nn.ModuleList(member(len(self.images)) for _ in range(int(network["members"])))
+            self.inside = InsideStructures()
+            self.dropout = nn.Dropout(float(network["dropout"]))
+            self.window = None  # the smallest convolution window (z, y, x), see conv_window
+
+        def pool_inside(self, features, shares, occupancy):
+            """(B, C, z, y, x) features -> (B, S, C): masked by ``inside``, averaged inside each structure."""
+            f = self.inside(features, occupancy)
+            own = shares / occupancy.clamp(min=1e-6)  # which structure a voxel's features belong to
+            volume = shares.sum(dim=(2, 3, 4)).clamp(min=1e-6)
+            return torch.einsum("bcxyz,bsxyz->bsc", f, own) / volume[..., None]
+
     class SubregionMember(nn.Module):
         """One network of the subregions region: its sub-region maps and its linear head."""
 
@@ -419,16 +438,9 @@ def build_network(in_channels: int, network: dict | None = None):
             self.regions = nn.Sequential(nn.Conv3d(3, hidden, 1), nn.Tanh(), nn.Conv3d(hidden, k, 1), nn.Sigmoid())
             self.linear = nn.Linear((k + 1) * images * len(pool), 1)
 
-    class SubregionCNN(nn.Module):
-        """``members`` networks whose logits are averaged (see build_network)."""
-
+    class SubregionCNN(MaskedRegionCNN):
         def __init__(self):
-            super().__init__()
-            self.images = [c for c in range(in_channels) if c not in pool]
-            self.members = nn.ModuleList(SubregionMember(len(self.images)) for _ in range(int(network["members"])))
-            self.inside = InsideStructures()
-            self.dropout = nn.Dropout(float(network["dropout"]))
-            self.window = None
+            super().__init__(SubregionMember)
 
         def forward(self, x):
             shares = x[:, pool]
@@ -442,10 +454,7 @@ def build_network(in_channels: int, network: dict | None = None):
                 maps = x.new_zeros((x.shape[0], k, *x.shape[2:]))
                 maps[box] = member.regions(position[box])
                 parts += [(maps[:, :, None] * images[:, None]).flatten(1, 2), maps]  # k*n products, k maps
-            f = self.inside(torch.cat([*parts, images], dim=1), occupancy)
-            own = shares / occupancy.clamp(min=1e-6)
-            volume = shares.sum(dim=(2, 3, 4)).clamp(min=1e-6)
-            pooled = torch.einsum("bcxyz,bsxyz->bsc", f, own) / volume[..., None]
+            pooled = self.pool_inside(torch.cat([*parts, images], dim=1), shares, occupancy)
             *learned, means = pooled.split([k * n, k] * len(self.members) + [n], dim=2)
             logits = []
             for m, member in enumerate(self.members):
@@ -469,17 +478,9 @@ def build_network(in_channels: int, network: dict | None = None):
             )
             self.linear = nn.Linear((c3 + 4 * images) * len(pool), 1)
 
-    class OrganCNN(nn.Module):
-        """``members`` networks (trained apart, :func:`train`) whose logits are averaged; all of their features pass
-        through the one ``inside`` layer, so Grad-CAM explains the average."""
-
+    class OrganCNN(MaskedRegionCNN):
         def __init__(self):
-            super().__init__()
-            self.images = [c for c in range(in_channels) if c not in pool]
-            self.members = nn.ModuleList(OrganMember(len(self.images)) for _ in range(int(network["members"])))
-            self.inside = InsideStructures()
-            self.dropout = nn.Dropout(float(network["dropout"]))
-            self.window = None  # the smallest convolution window (z, y, x), see conv_window
+            super().__init__(OrganMember)
 
         def forward(self, x):
             shares = x[:, pool]
@@ -500,10 +501,8 @@ def build_network(in_channels: int, network: dict | None = None):
                 f = x.new_zeros((x.shape[0], channels[2], *x.shape[2:]))
                 f[box] = member.features(inputs[box])
                 parts.append(f)
-            f = self.inside(torch.cat([*parts, images, moments], dim=1), occupancy)  # images, moments: shared
-            own = shares / occupancy.clamp(min=1e-6)  # which structure a voxel's features belong to
-            volume = shares.sum(dim=(2, 3, 4)).clamp(min=1e-6)
-            pooled = torch.einsum("bcxyz,bsxyz->bsc", f, own) / volume[..., None]
+            # images, moments: shared by the members
+            pooled = self.pool_inside(torch.cat([*parts, images, moments], dim=1), shares, occupancy)
             *learned, common = pooled.split([channels[2]] * len(self.members) + [4 * len(self.images)], dim=2)
             return torch.stack([m.linear(self.dropout(torch.cat([c, common], dim=2).flatten(1)))
                                 for m, c in zip(self.members, learned)]).mean(0)
