@@ -1,7 +1,7 @@
 """``rtrai plan``: a photon IMRT plan (pyRadPlan pencil beams, fluence mimicking) of a small synthetic patient.
 
 CI plans the phantom (rtrai.phantom, 7 mm CT voxels) on a coarse setting (5 beams, 10 mm bixels and dose grid, 100
-iterations) so that it runs in seconds of CPU; the OpenKBP figures (5 validation patients at 9 beams, 7 mm, 6 mm)
+iterations) so that it runs in seconds of CPU; the OpenKBP figures (5 validation patients at 24 beams, 7 mm, 6 mm)
 come from benchmarks/bench_plan.py (benchmarks/results/plan_validation.txt).
 """
 
@@ -155,7 +155,7 @@ def test_mimicking_objective_known_answers():
     n = int(np.prod(shape))
     dose_grid = sitk.Image(ct.GetSize(), sitk.sitkFloat32)
     dose_grid.CopyInformation(ct)
-    influence = InfluenceMatrix(scipy.sparse.identity(n, np.float32, format="csr"), np.arange(n), dose_grid, ct, [],
+    influence = InfluenceMatrix(scipy.sparse.identity(n, np.float32, format="csc"), np.arange(n), dose_grid, ct, [],
                                 np.zeros(n, int), 5.0, 5.0, 0.0)
     weights, _, _ = optimise(influence, mimic, np.ones(shape, bool), case, {"PTV60": 60.0}, iterations=2000)
     dose = weights.reshape(shape)
@@ -166,3 +166,47 @@ def test_mimicking_objective_known_answers():
     assert dose[overlap].mean() > 50.0  # coverage wins over mimicking's 40 Gy
     assert dose[rest].mean() < 18.0  # the organ's other half compensates
     assert dose[oar > 0].mean() < mimic[oar > 0].mean() + 2.0
+
+
+def test_influence_matrix_rows_and_threaded_products(monkeypatch):
+    """pyRadPlan's matrix (a row per dose-grid voxel, int64 indices) keeps only its rows with dose, in int32, with the
+    same values; the threaded products over column blocks equal scipy's own."""
+    import scipy.sparse
+
+    from rtrai.plan import engine
+
+    rng = np.random.default_rng(3)
+    full = scipy.sparse.random_array((50, 13), density=0.2, format="csc", dtype=np.float32, rng=rng)
+    full = scipy.sparse.csc_array((full.data, full.indices.astype(np.int64), full.indptr.astype(np.int64)),
+                                  shape=full.shape)
+    matrix, voxels = engine._body_rows(full)
+    dense = full.toarray()
+    assert np.array_equal(voxels, np.flatnonzero((dense != 0).any(axis=1)))
+    assert matrix.indices.dtype == np.int32 and matrix.shape == (voxels.size, 13)
+    assert np.array_equal(matrix.toarray(), dense[voxels])
+    monkeypatch.setenv("RTRAI_THREADS", "3")  # three column blocks of about equal entries
+    grid = sitk.Image(50, 1, 1, sitk.sitkFloat32)
+    influence = engine.InfluenceMatrix(matrix, voxels, grid, grid, [], np.zeros(13, int), 7.0, 6.0, 0.0)
+    assert len(influence._blocks()) == 3
+    w, g = rng.random(13, dtype=np.float32), rng.random(voxels.size, dtype=np.float32)
+    assert np.allclose(influence.forward(w), matrix @ w, rtol=1e-6)
+    assert np.allclose(influence.adjoint(g), matrix.T @ g, rtol=1e-6)
+    assert np.allclose(influence.dose_on_dose_grid(w).ravel(), dense @ w, rtol=1e-5, atol=1e-7)
+
+
+def test_influence_matrix_without_tails():
+    """Dropping each column's entries below a fraction of its largest keeps the rest exactly, empty columns too."""
+    import scipy.sparse
+
+    from rtrai.plan.engine import InfluenceMatrix
+
+    dense = np.array([[1.0, 0.0, 0.0, 0.5], [0.001, 0.0, 2.0, 0.0], [0.5, 0.0, 0.003, 0.0005]], np.float32)
+    grid = sitk.Image(3, 1, 1, sitk.sitkFloat32)
+    influence = InfluenceMatrix(scipy.sparse.csc_array(dense), np.arange(3), grid, grid, [], np.zeros(4, int), 7.0,
+                                6.0, 0.0)
+    kept = influence.without_tails(0.01)
+    expected = np.where(dense >= 0.01 * dense.max(axis=0), dense, 0.0)
+    assert np.array_equal(kept.matrix.toarray(), expected)
+    assert kept.matrix.nnz == 4 and influence.matrix.nnz == 7  # the original is untouched
+    w = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    assert np.allclose(kept.forward(w), expected @ w)

@@ -6,7 +6,8 @@ PTV70 D95 >= 95 % of 70 Gy and no OAR mean more than 2 Gy above its prediction; 
 5 % of the validation patients' own plans.
 
     python benchmarks/bench_plan.py speed [PATIENT]          rtrai's settings vs pyRadPlan's own example settings
-    python benchmarks/bench_plan.py validation [PATIENT ...]  plan quality (default pt_201 pt_202 pt_203 pt_204 pt_206)
+    python benchmarks/bench_plan.py validation [PATIENT ...]  plan quality (default pt_201 pt_202 pt_203 pt_204 pt_206;
+                                                              --beams N: other than rtrai's default)
     python benchmarks/bench_plan.py qa-margins                how often each margin flags the 33 reference plans
 
 Wall times on a shared machine vary with its load; CPU times (this process) are given beside them. Predictions come
@@ -46,13 +47,15 @@ def prediction(case, folder: Path | None, predictor_box: list):
     return predictor_box[0].predict(case)
 
 
-def validation(patients: list[str], predictions: Path | None, priorities=None) -> int:
+def validation(patients: list[str], predictions: Path | None, priorities=None, beams: int | None = None) -> int:
     from rtrai.dose.qa import structure_metrics
     from rtrai.io.openkbp import read_openkbp
     from rtrai.plan.mimicking import Priorities, plan_case
 
-    priorities = priorities or Priorities()
-    print(f"priorities: {priorities}")
+    from rtrai.plan.engine import DEFAULT_BEAMS
+
+    priorities, beams = priorities or Priorities(), beams or DEFAULT_BEAMS
+    print(f"priorities: {priorities}; {beams} beams")
     print("patient  MAE_plan_pred_Gy  MAE_pred_ref_Gy  PTV70_D95_plan  PTV70_D95_pred  worst_OAR_mean_excess_Gy  "
           "worst_OAR_D0.1cc_excess_Gy  matrix_s  opt_s  iterations  cpu_s  peak_GiB")
     box, summary = [], []
@@ -60,7 +63,7 @@ def validation(patients: list[str], predictions: Path | None, priorities=None) -
         case = read_openkbp(DATA / pid)
         predicted = prediction(case, predictions, box)
         cpu = time.process_time()
-        result = plan_case(case, predicted, priorities=priorities)
+        result = plan_case(case, predicted, beams=beams, priorities=priorities)
         cpu = time.process_time() - cpu
         plan, pred = sitk.GetArrayViewFromImage(result.dose), sitk.GetArrayViewFromImage(predicted)
         mask = sitk.GetArrayViewFromImage(case.possible_dose_mask).astype(bool)
@@ -125,9 +128,9 @@ def qa_margins(predictions: Path | None) -> int:
 
 
 def speed(patient: str, predictions: Path | None) -> int:
-    """rtrai's settings (9 beams, 7 mm bixels, 6 mm grid, mimicking) against pyRadPlan's own photon example settings
-    (its defaults: 5 mm bixels, 5 mm dose grid; 5 equispaced beams, squared deviation at the prescription in the
-    targets and squared overdosing in the OARs, its own optimiser) on the same case."""
+    """rtrai's default settings (24 beams, 7 mm bixels, 6 mm grid, mimicking) against pyRadPlan's own photon example
+    settings (its defaults: 5 mm bixels, 5 mm dose grid; 5 equispaced beams, squared deviation at the prescription in
+    the targets and squared overdosing in the OARs, its own optimiser) on the same case."""
     from rtrai.io.openkbp import read_openkbp
     from rtrai.plan.engine import body_mask
     from rtrai.plan.mimicking import plan_case
@@ -186,6 +189,7 @@ def main() -> int:
     parser.add_argument("--predictions", type=Path, help="folder of `rtrai dose predict` outputs to reuse")
     parser.add_argument("--priorities", type=float, nargs=2, metavar=("TARGET", "OAR"),
                         help="validation: the objective's target and OAR priorities (default rtrai's)")
+    parser.add_argument("--beams", type=int, help="validation: equispaced coplanar beams (default rtrai's)")
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"skipped: OpenKBP data not found at {DATA}")
@@ -196,7 +200,7 @@ def main() -> int:
         from rtrai.plan.mimicking import Priorities
 
         priorities = Priorities(*args.priorities) if args.priorities else None
-        return validation(args.patients or list(FIVE), args.predictions, priorities)
+        return validation(args.patients or list(FIVE), args.predictions, priorities, args.beams)
     return qa_margins(args.predictions)
 
 

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rtrai.plan.engine import DEFAULT_BEAMS
+
 STEPS = ("load", "segment", "qa", "dose", "dvh", "plan", "plan_qa", "radiomics", "outcome", "report")
 STEP_TITLES = {"load": "Load case", "segment": "AutoSegment", "qa": "Contour QA", "dose": "DosePredict",
                "dvh": "DVH and constraints", "plan": "Treatment plan", "plan_qa": "Plan QA", "radiomics": "Radiomics",
@@ -36,7 +38,7 @@ class Options:
     scene: bool = True
     jobs: int | None = None  # radiomics worker processes (default: up to 4, as many as there are CPUs)
     plan: bool = False  # --plan: a fluence plan mimicking the dose (rtrai.plan) and its QA (rtrai.dose.qa)
-    plan_beams: int = 9  # the defaults of `rtrai plan`
+    plan_beams: int = DEFAULT_BEAMS  # the defaults of `rtrai plan`
     plan_bixel_mm: float = 7.0
     plan_grid_mm: float = 6.0
     plan_iterations: int = 500

@@ -8,6 +8,7 @@ from pathlib import Path
 from rtrai.pipeline.case_run import SKIPPED, Options
 from rtrai.pipeline.cohort import read_cohort_list, run_cohort
 from rtrai.pipeline.runner import run_case
+from rtrai.plan.engine import DEFAULT_BEAMS
 
 
 def register(sub) -> None:
@@ -39,7 +40,8 @@ def register(sub) -> None:
     plan.add_argument("--plan", action="store_true",
                       help="add a photon IMRT fluence plan mimicking the predicted dose (pyRadPlan) and its QA against "
                            "the input's dose when there is one, else the predicted dose: OUT/plan/")
-    plan.add_argument("--beams", type=int, default=9, help="with --plan: equispaced coplanar beams (default 9)")
+    plan.add_argument("--beams", type=int, default=DEFAULT_BEAMS,
+                      help=f"with --plan: equispaced coplanar beams (default {DEFAULT_BEAMS})")
     plan.add_argument("--bixel", type=float, default=7.0, metavar="MM",
                       help="with --plan: bixel width at the isocentre (default 7)")
     plan.add_argument("--grid", type=float, default=6.0, metavar="MM",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rtrai.plan.engine import DEFAULT_BEAMS
+
 FORMATS = ("nrrd", "dicom")
 
 
@@ -19,10 +21,12 @@ def register(sub) -> None:
     source.add_argument("--dose", metavar="D", help="mimic this dose (NRRD/NIfTI in Gy or RTDOSE, on the CT grid)")
     source.add_argument("--predict", action="store_true", help="mimic the dose model's prediction (the default)")
     p.add_argument("--model", default="hn-dose-openkbp", help="dose model for --predict (default hn-dose-openkbp)")
-    p.add_argument("--beams", type=int, default=9, help="equispaced coplanar beams (default 9, every 40 degrees)")
+    p.add_argument("--beams", type=int, default=DEFAULT_BEAMS,
+                   help=f"equispaced coplanar beams (default {DEFAULT_BEAMS}, every {360 / DEFAULT_BEAMS:g} degrees)")
     p.add_argument("--bixel", type=float, default=7.0, metavar="MM", help="bixel width at the isocentre (default 7)")
     p.add_argument("--grid", type=float, default=6.0, metavar="MM", help="dose-grid spacing (default 6)")
-    p.add_argument("--iterations", type=int, default=500, help="optimiser iterations at most (default 500)")
+    p.add_argument("--iterations", type=int, default=500,
+                   help="optimiser iterations at most (default 500), then 30 %% as many on the full matrix")
     p.add_argument("--prescription", help="target prescriptions, e.g. PTV70=70,PTV56=56 (default: from the case)")
     p.add_argument("--format", default="nrrd", choices=FORMATS, dest="fmt")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device of the dose model")

@@ -11,9 +11,13 @@ pyRadPlan is imported only inside functions: it is an optional dependency (``pip
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import math
+import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,13 +27,16 @@ from rtrai.core.case import Case
 from rtrai.core.errors import InputError, require
 
 BODY_HU = -400.0  # a CT voxel above this belongs to the patient (air -1000, lung about -800, fat -100)
+# Equispaced coplanar beams of a plan. OpenKBP's plans have 9, but a predicted dose is smoother than any 9-beam dose:
+# on 5 validation patients the plan mimics it to 1.86 Gy with 9 beams, 1.62 with 15, 1.49 with 24 (README).
+DEFAULT_BEAMS = 24
 
 
 @dataclass
 class InfluenceMatrix:
     """Dose per unit bixel weight in the body voxels of the dose grid."""
 
-    matrix: object  # scipy.sparse.csr_array (rows: ``voxels``, columns: bixels), float32, Gy per unit weight
+    matrix: object  # scipy.sparse.csc_array (rows: ``voxels``, columns: bixels), float32, Gy per unit weight
     voxels: np.ndarray  # flat (z, y, x) indices of the rows in ``dose_grid``
     dose_grid: sitk.Image  # an empty float32 image that defines the dose grid (LPS, as the CT)
     ct_grid: sitk.Image  # the CT (the grid the plan dose is reported on)
@@ -39,15 +46,61 @@ class InfluenceMatrix:
     grid_mm: float
     seconds: float
     versions: dict = field(default_factory=dict)
+    _column_blocks: list | None = field(default=None, repr=False)
 
     @property
     def bixels(self) -> int:
         return int(self.matrix.shape[1])
 
+    def forward(self, weights: np.ndarray) -> np.ndarray:
+        """The dose (Gy) in the matrix rows of bixel ``weights``: ``matrix @ weights``, on all cores."""
+        weights = np.asarray(weights, np.float32)
+        parts = _pool().map(lambda block: block[1] @ weights[block[0]], self._blocks())
+        return functools.reduce(np.add, parts)
+
+    def adjoint(self, values: np.ndarray) -> np.ndarray:
+        """``matrix.T @ values`` (per bixel; the optimiser's gradient), on all cores."""
+        values = np.asarray(values, np.float32)
+        return np.concatenate(list(_pool().map(lambda block: block[1].T @ values, self._blocks())))
+
+    def without_tails(self, fraction: float) -> InfluenceMatrix:
+        """This matrix without the entries below ``fraction`` of their bixel's (column's) largest: the far, low dose
+        of each pencil beam, most of the entries and little of the dose (a cheaper matrix to start optimising on)."""
+        import scipy.sparse
+
+        m = self.matrix if self.matrix.format == "csc" else scipy.sparse.csc_array(self.matrix)
+        starts = m.indptr[:-1]
+        largest = np.zeros(m.shape[1], np.float32)
+        filled = np.diff(m.indptr) > 0
+        largest[filled] = np.maximum.reduceat(m.data, starts[filled])
+        keep = m.data >= fraction * np.repeat(largest, np.diff(m.indptr))
+        indptr = np.searchsorted(np.flatnonzero(keep), m.indptr)  # kept entries before each column's start
+        without = scipy.sparse.csc_array((m.data[keep], m.indices[keep], indptr.astype(np.int32)), shape=m.shape)
+        return dataclasses.replace(self, matrix=without, _column_blocks=None)
+
+    def _blocks(self) -> list[tuple[slice, object]]:
+        """The matrix as one column block per core (views, no copies): scipy's sparse products run one thread each
+        and release the GIL, so threads over blocks use the cores (1.8x on 2 cores)."""
+        if self._column_blocks is None:
+            import scipy.sparse
+
+            m = self.matrix if self.matrix.format == "csc" else scipy.sparse.csc_array(self.matrix)
+            columns = m.shape[1]
+            shares = np.linspace(0, m.nnz, min(_threads(), columns) + 1)  # equal entries, not equal columns
+            edges = np.unique(np.r_[0, np.searchsorted(m.indptr, shares[1:-1]), columns])
+            blocks = []
+            for a, b in zip(edges[:-1], edges[1:]):
+                p0, p1 = int(m.indptr[a]), int(m.indptr[b])
+                view = scipy.sparse.csc_array((m.data[p0:p1], m.indices[p0:p1], m.indptr[a:b + 1] - p0),
+                                              shape=(m.shape[0], b - a), copy=False)
+                blocks.append((slice(a, b), view))
+            self._column_blocks = blocks
+        return self._column_blocks
+
     def dose_on_dose_grid(self, weights: np.ndarray) -> np.ndarray:
         """(z, y, x) float32 dose on the dose grid."""
         flat = np.zeros(int(np.prod(self.dose_grid.GetSize())), np.float32)
-        flat[self.voxels] = self.matrix @ np.asarray(weights, np.float32)
+        flat[self.voxels] = self.forward(weights)
         return flat.reshape(self.dose_grid.GetSize()[::-1])
 
     def dose_on_ct_grid(self, weights: np.ndarray) -> sitk.Image:
@@ -61,6 +114,34 @@ class InfluenceMatrix:
         mode = sitk.sitkLinear if interpolation == "linear" else sitk.sitkNearestNeighbor
         resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), self.dose_grid, sitk.Transform(), mode, 0.0)
         return sitk.GetArrayViewFromImage(resampled).ravel()[self.voxels].astype(np.float32)
+
+
+def _threads() -> int:
+    return max(1, int(os.environ.get("RTRAI_THREADS") or len(os.sched_getaffinity(0))))
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_threads(), thread_name_prefix="rtrai-plan")
+
+
+def _body_rows(dij) -> tuple[object, np.ndarray]:
+    """pyRadPlan's matrix (CSC, a row per dose-grid voxel, int64 indices) as a CSC matrix of only the rows that get
+    dose, with int32 indices and pyRadPlan's values array (not copied): 8 bytes an entry instead of the 12 of the
+    input and the 12 more a CSR conversion and a row selection each took (peak 3.5 GiB for 24 beams, now 2 GiB)."""
+    import scipy.sparse
+
+    counts = np.bincount(dij.indices, minlength=dij.shape[0])
+    voxels = np.flatnonzero(counts)
+    row_of_voxel = np.full(dij.shape[0], -1, np.int32)
+    row_of_voxel[voxels] = np.arange(voxels.size, dtype=np.int32)
+    indices = np.empty(dij.nnz, np.int32)
+    chunk = 1 << 24
+    for start in range(0, dij.nnz, chunk):  # in chunks: no int64 temporary of the whole matrix
+        indices[start:start + chunk] = row_of_voxel[dij.indices[start:start + chunk]]
+    matrix = scipy.sparse.csc_array((np.asarray(dij.data, np.float32), indices, dij.indptr.astype(np.int32)),
+                                    shape=(voxels.size, dij.shape[1]), copy=False)
+    return matrix, voxels
 
 
 def body_mask(case: Case) -> np.ndarray:
@@ -128,11 +209,10 @@ def gantry_angles(beams: int) -> list[float]:
     return [round(360.0 * k / beams, 6) for k in range(beams)]
 
 
-def influence_matrix(case: Case, body: np.ndarray, beams: int = 9, bixel_mm: float = 7.0, grid_mm: float = 6.0,
-                     progress=None) -> InfluenceMatrix:
+def influence_matrix(case: Case, body: np.ndarray, beams: int = DEFAULT_BEAMS, bixel_mm: float = 7.0,
+                     grid_mm: float = 6.0, progress=None) -> InfluenceMatrix:
     """The dose-influence matrix of ``beams`` coplanar 6 MV photon beams on the case (targets: ``case.targets()``)."""
     require("pyRadPlan", "plan")
-    import scipy.sparse
     from pyRadPlan import CT, PhotonPlan, StructureSet, __version__
     from pyRadPlan.core._progress import ProgressReport, observe_reports
     from pyRadPlan.cst import ExternalVOI, Target
@@ -179,10 +259,9 @@ def influence_matrix(case: Case, body: np.ndarray, beams: int = 9, bixel_mm: flo
 
     with observe_reports(report), _quiet():
         dij = engine.calc_dose_influence(ct, cst, stf)
-    matrix = scipy.sparse.csr_array(dij.physical_dose.flat[0], dtype=np.float32)
-    voxels = np.flatnonzero(np.diff(matrix.indptr) > 0)
-    matrix = matrix[voxels]
+    matrix, voxels = _body_rows(dij.physical_dose.flat[0])
     grid = dij.dose_grid
+    del dij  # pyRadPlan's copy of the matrix (int64 indices): the largest thing planning holds
     dose_grid = sitk.Image([int(v) for v in grid.dimensions], sitk.sitkFloat32)
     dose_grid.SetOrigin(tuple(float(v) for v in grid.origin))
     dose_grid.SetSpacing(tuple(float(v) for v in grid.resolution_vector))

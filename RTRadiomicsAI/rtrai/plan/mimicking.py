@@ -14,6 +14,11 @@ doses are zero outside it by definition, not by physics), else the body. Minimis
 L-BFGS-B (scipy), from uniform weights scaled to the highest prescription. The sums over structures weigh each
 structure equally whatever its size; an OAR's mean is over the whole organ, target overlap included, as a plan's DVH
 reports it.
+
+Two stages, because every iteration reads the whole matrix: first ``iterations`` on the matrix without its tails
+(:data:`TAIL_FRACTION`: the entries below 0.3 % of their bixel's largest are 84 % of the entries but 11 % of the dose),
+then :data:`POLISH_SHARE` as many on the full matrix from there, which puts the tails' low dose back. On OpenKBP pt_201
+(24 beams) this reaches the full matrix's 500-iteration result (1.148 against 1.147 Gy) in 36 s instead of 77 s.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ from rtrai.core.case import Case
 from rtrai.core.errors import InputError
 from rtrai.core.image import Grid, check_dose, check_same_grid
 from rtrai.core.structures import is_target
+from rtrai.plan.engine import DEFAULT_BEAMS
+
+TAIL_FRACTION = 3e-3  # the first stage drops matrix entries below this fraction of their bixel's largest
+POLISH_SHARE = 0.3  # iterations of the second stage (full matrix), as a share of the first's
 
 
 @dataclass(frozen=True)
@@ -50,8 +59,8 @@ class PlanResult:
     mimicked: sitk.Image  # the dose the plan mimics (Gy, CT grid)
     prescription: dict[str, float]
     priorities: Priorities
-    iterations: int
-    objective: list[float] = field(default_factory=list)  # per iteration
+    iterations: int  # both stages
+    objective: list[float] = field(default_factory=list)  # per iteration, both stages
     matrix_s: float = 0.0
     optimisation_s: float = 0.0
     converged: bool = False
@@ -121,14 +130,14 @@ def check_dose_to_mimic(case: Case, dose: sitk.Image) -> np.ndarray:
 
 
 def optimise(influence, mimic: np.ndarray, body: np.ndarray, case: Case, prescription: dict[str, float],
-             priorities: Priorities = Priorities(), iterations: int = 500, progress=None):
+             priorities: Priorities = Priorities(), iterations: int = 500, progress=None, start=None):
     """Bixel weights minimising the objective of this module; returns (weights, objective per iteration, scipy
-    result). ``mimic`` and ``body``: (z, y, x) on the CT grid."""
+    result). ``mimic`` and ``body``: (z, y, x) on the CT grid; ``start``: the weights to start from (default:
+    uniform, scaled to the highest prescription in the targets)."""
     from scipy.optimize import minimize
 
     ct_voxels = np.flatnonzero(body.ravel())
     interpolate = _ct_to_dose_grid(influence, ct_voxels)
-    dose_matrix = influence.matrix
     p = mimic.ravel()[ct_voxels]
     position = np.full(body.size, -1, np.int64)
     position[ct_voxels] = np.arange(len(ct_voxels))
@@ -154,7 +163,7 @@ def optimise(influence, mimic: np.ndarray, body: np.ndarray, case: Case, prescri
 
     def objective(w):
         w = w.astype(np.float32)
-        d = interpolate @ (dose_matrix @ w)
+        d = interpolate @ influence.forward(w)
         diff = d - p
         weighted = defined * diff
         value = float(weighted @ diff) / n
@@ -168,13 +177,14 @@ def optimise(influence, mimic: np.ndarray, body: np.ndarray, case: Case, prescri
             if excess > 0:
                 value += priorities.oar * excess * excess
                 grad[idx] += np.float32(2.0 * priorities.oar * excess / idx.size)
-        return value, (dose_matrix.T @ (interpolate.T @ grad)).astype(np.float64)
+        return value, influence.adjoint(interpolate.T @ grad).astype(np.float64)
 
     top = max(prescription.values())
-    start = np.ones(influence.bixels, np.float32)
-    target_dose = interpolate @ (dose_matrix @ start)
-    covered = np.concatenate([idx for idx, _, _ in lower]) if lower else np.arange(len(ct_voxels))
-    start *= top / max(float(target_dose[covered].mean()), 1e-6)
+    if start is None:
+        start = np.ones(influence.bixels, np.float32)
+        target_dose = interpolate @ influence.forward(start)
+        covered = np.concatenate([idx for idx, _, _ in lower]) if lower else np.arange(len(ct_voxels))
+        start *= top / max(float(target_dose[covered].mean()), 1e-6)
     history: list[float] = []
 
     def step(intermediate_result) -> None:
@@ -188,7 +198,7 @@ def optimise(influence, mimic: np.ndarray, body: np.ndarray, case: Case, prescri
     return result.x.astype(np.float32), history, result
 
 
-def plan_case(case: Case, dose: sitk.Image, beams: int = 9, bixel_mm: float = 7.0, grid_mm: float = 6.0,
+def plan_case(case: Case, dose: sitk.Image, beams: int = DEFAULT_BEAMS, bixel_mm: float = 7.0, grid_mm: float = 6.0,
               iterations: int = 500, priorities: Priorities = Priorities(), progress=None) -> PlanResult:
     """A photon IMRT plan of ``case`` whose dose mimics ``dose`` (Gy, CT grid; e.g. a prediction): the in-process
     entry point of ``rtrai plan`` (and of ``rtrai run --plan``). ``progress(fraction, message)``."""
@@ -205,11 +215,14 @@ def plan_case(case: Case, dose: sitk.Image, beams: int = 9, bixel_mm: float = 7.
     influence = influence_matrix(case, body, beams, bixel_mm, grid_mm,
                                  sub(progress, 0.0, 0.4) if progress else None)
     start = time.perf_counter()
-    weights, history, result = optimise(influence, mimic, body, case, prescription, priorities, iterations,
-                                        sub(progress, 0.4, 0.98) if progress else None)
+    weights, history, first = optimise(influence.without_tails(TAIL_FRACTION), mimic, body, case, prescription,
+                                       priorities, iterations, sub(progress, 0.4, 0.8) if progress else None)
+    weights, polish, result = optimise(influence, mimic, body, case, prescription, priorities,
+                                       max(1, round(POLISH_SHARE * iterations)),
+                                       sub(progress, 0.8, 0.98) if progress else None, start=weights)
     seconds = time.perf_counter() - start
     plan_dose = influence.dose_on_ct_grid(weights)
     if progress:
         progress(1.0, "planned")
-    return PlanResult(plan_dose, weights, influence, dose, prescription, priorities, int(result.nit), history,
-                      influence.seconds, seconds, bool(result.success), str(result.message))
+    return PlanResult(plan_dose, weights, influence, dose, prescription, priorities, int(first.nit + result.nit),
+                      history + polish, influence.seconds, seconds, bool(result.success), str(result.message))
