@@ -50,9 +50,8 @@ def prediction(case, folder: Path | None, predictor_box: list):
 def validation(patients: list[str], predictions: Path | None, priorities=None, beams: int | None = None) -> int:
     from rtrai.dose.qa import structure_metrics
     from rtrai.io.openkbp import read_openkbp
-    from rtrai.plan.mimicking import Priorities, plan_case
-
     from rtrai.plan.engine import DEFAULT_BEAMS
+    from rtrai.plan.mimicking import Priorities, plan_case
 
     priorities, beams = priorities or Priorities(), beams or DEFAULT_BEAMS
     print(f"priorities: {priorities}; {beams} beams")

@@ -48,6 +48,12 @@ class InfluenceMatrix:
     versions: dict = field(default_factory=dict)
     _column_blocks: list | None = field(default=None, repr=False)
 
+    def __post_init__(self):
+        if self.matrix.format != "csc":  # the column blocks and the tails removal read columns
+            import scipy.sparse
+
+            self.matrix = scipy.sparse.csc_array(self.matrix)
+
     @property
     def bixels(self) -> int:
         return int(self.matrix.shape[1])
@@ -68,7 +74,7 @@ class InfluenceMatrix:
         of each pencil beam, most of the entries and little of the dose (a cheaper matrix to start optimising on)."""
         import scipy.sparse
 
-        m = self.matrix if self.matrix.format == "csc" else scipy.sparse.csc_array(self.matrix)
+        m = self.matrix
         starts = m.indptr[:-1]
         largest = np.zeros(m.shape[1], np.float32)
         filled = np.diff(m.indptr) > 0
@@ -84,8 +90,7 @@ class InfluenceMatrix:
         if self._column_blocks is None:
             import scipy.sparse
 
-            m = self.matrix if self.matrix.format == "csc" else scipy.sparse.csc_array(self.matrix)
-            columns = m.shape[1]
+            m, columns = self.matrix, self.matrix.shape[1]
             shares = np.linspace(0, m.nnz, min(_threads(), columns) + 1)  # equal entries, not equal columns
             edges = np.unique(np.r_[0, np.searchsorted(m.indptr, shares[1:-1]), columns])
             blocks = []
