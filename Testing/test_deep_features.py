@@ -13,6 +13,7 @@ from conftest import shared_path
 
 from rtrai.cli import main
 from rtrai.core.errors import InputError
+from rtrai.models import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,11 @@ def case_folder(tmp_path_factory):
     return root, case
 
 
+def feature_count() -> int:
+    """Two features (mean, max) per encoder channel of the shipped hn-oar-ct."""
+    return 2 * sum(read_manifest("hn-oar-ct")["network"]["channels"])
+
+
 @pytest.fixture(scope="module")
 def extractor():
     from rtrai.radiomics.deep import DeepFeatureExtractor
@@ -38,10 +44,11 @@ def extractor():
 
 def test_features_are_pooled_per_level_and_channel_and_deterministic(extractor, case_folder):
     _, case = case_folder
+    channels = read_manifest("hn-oar-ct")["network"]["channels"]  # version 7: 24, 48, 96, 192, 320
     first = extractor.features(case.ct, case.structures["Parotid_L"])
-    assert len(first) == (16 + 32 + 64 + 128 + 256) * 2
+    assert len(first) == feature_count()
     assert list(first)[:2] == ["deep_hn-oar-ct_l1_c0_mean", "deep_hn-oar-ct_l1_c0_max"]
-    assert "deep_hn-oar-ct_l5_c255_max" in first
+    assert f"deep_hn-oar-ct_l5_c{channels[-1] - 1}_max" in first
     values = np.array(list(first.values()))
     assert np.isfinite(values).all()
     means, maxima = values[0::2], values[1::2]
@@ -64,7 +71,7 @@ def test_level_one_means_are_the_encoder_activations_inside_the_roi(extractor, c
     cells = F.adaptive_avg_pool3d(torch.as_tensor(roi)[None, None], h.shape[1:])[0, 0] >= 0.5
     expected = h[:, cells].mean(1).numpy()
     row = extractor.features(case.ct, case.structures["Parotid_R"])
-    got = np.array([row[f"deep_hn-oar-ct_l1_c{c}_mean"] for c in range(16)])
+    got = np.array([row[f"deep_hn-oar-ct_l1_c{c}_mean"] for c in range(len(expected))])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -74,7 +81,7 @@ def test_cli_single_and_cohort_tables_join_by_id(case_folder, tmp_path):
     assert main(["radiomics", "deep", "--image", str(root / "pt_201" / "CT.nrrd"), "--mask",
                  str(root / "parotid_l.nrrd"), "--model", "hn-oar-ct", "-o", str(single)]) == 0
     table = pd.read_csv(single)
-    assert table.shape == (1, 993) and table.columns[0] == "ID"
+    assert table.shape == (1, 1 + feature_count()) and table.columns[0] == "ID"
     assert (tmp_path / "deep.csv.provenance.json").is_file()
     batch = tmp_path / "batch.csv"
     batch.write_text(f"ID,Image,Mask\nleft,{root / 'pt_201' / 'CT.nrrd'},{root / 'parotid_l.nrrd'}\n"
@@ -87,7 +94,7 @@ def test_cli_single_and_cohort_tables_join_by_id(case_folder, tmp_path):
 
     clinical = pd.DataFrame({"ID": ["jaw", "left"], "age": [61, 57]})
     joined = join_tables([("deep", cohort), ("clinical", clinical)], "ID")
-    assert joined.shape == (2, 994) and joined.set_index("ID").loc["left", "age"] == 57
+    assert joined.shape == (2, 2 + feature_count()) and joined.set_index("ID").loc["left", "age"] == 57
 
 
 def test_a_case_folder_and_structure_and_an_empty_roi(case_folder, tmp_path, capsys):
@@ -95,7 +102,7 @@ def test_a_case_folder_and_structure_and_an_empty_roi(case_folder, tmp_path, cap
     out = tmp_path / "deep.csv"
     assert main(["radiomics", "deep", "--image", str(root / "pt_201"), "--structure", "Parotid_L", "-o",
                  str(out)]) == 0
-    assert pd.read_csv(out).shape == (1, 993)
+    assert pd.read_csv(out).shape == (1, 1 + feature_count())
     empty = sitk.Image(case.ct.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(case.ct)
     sitk.WriteImage(empty, str(tmp_path / "empty.nrrd"))

@@ -1,5 +1,5 @@
-"""OpenKBP's contour leak, one definition (rtrai.io.openkbp): slices with image data, leak-free CTs, and
-``rtrai evaluate segmentation --imaged-slices`` against a hand-computed case."""
+"""OpenKBP's contour leak, one definition (rtrai.io.openkbp): slices with image data, leak-free CTs,
+``rtrai evaluate segmentation --imaged-slices`` against a hand-computed case, and training on imaged slices only."""
 
 from __future__ import annotations
 
@@ -124,3 +124,56 @@ def test_training_samples_are_leak_free_and_scored_on_imaged_slices():
     leak = contoured_voxels(case) & off[:, None, None] & (sitk.GetArrayViewFromImage(case.ct) != AIR_OUTSIDE_SCAN)
     assert leak.any() and (clean.image[0][leak] == -1).all() and not (plain.image[0][leak] == -1).any()
     np.testing.assert_array_equal(clean.image[:, imaged], plain.image[:, imaged])
+
+
+def test_imaged_slices_only_loss_sees_only_the_slices_with_image_data():
+    """``imaged_slices_only``: the loss of voxels on slices without image data is zero (weight 0), whatever the
+    labels or predictions there; where the weight is 1 it is the plain loss."""
+    import torch
+
+    from rtrai.segmentation.losses import masked_bce_dice
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, 8, generator=gen, requires_grad=True)
+    target = (torch.rand(2, 3, 8, 8, 8, generator=gen) > 0.7).float()
+    present = torch.ones(2, 3)
+    assert masked_bce_dice(logits, target, present, weight=torch.ones(2, 1, 8, 8, 8)).item() == pytest.approx(
+        masked_bce_dice(logits, target, present).item(), abs=1e-6)
+    weight = torch.ones(2, 1, 8, 8, 8)
+    weight[:, :, 5:] = 0  # slices 5-7 without image data
+    loss = masked_bce_dice(logits, target, present, weight=weight)
+    loss.backward()
+    assert logits.grad[:, :, 5:].abs().max() == 0 and logits.grad[:, :, :5].abs().max() > 0
+    other = target.clone()
+    other[:, :, 5:] = 1 - other[:, :, 5:]  # a contour drawn on blank slices teaches nothing
+    assert masked_bce_dice(logits, other, present, weight=weight).item() == pytest.approx(loss.item(), abs=1e-6)
+    cropped = masked_bce_dice(logits[:, :, :5], target[:, :, :5], present)  # = the loss of the imaged part alone
+    assert loss.item() == pytest.approx(cropped.item(), abs=1e-5)
+
+
+def test_imaged_slices_only_patches_are_centred_and_weighted_on_imaged_slices():
+    from conftest import shared_path
+    from rtrai.segmentation.config import load_config
+    from rtrai.segmentation.data import PatchSampler, augmentation, load_samples
+
+    folder = shared_path("openkbp", "validation-pats", "pt_235")
+    config = load_config("hn-oar-ct-v7-imaged")
+    assert config["imaged_slices_only"] and config["leak_free"]
+    sample, = load_samples([folder], config)
+    plain, = load_samples([folder], {**config, "imaged_slices_only": False})
+    off = np.flatnonzero(~sample.scored)
+    assert all(len(p) for p in plain.centres if len(p)) and any(np.isin(p[:, 0], off).any() for p in plain.centres)
+    assert not any(np.isin(c[:, 0], off).any() for c in sample.centres)  # organ voxels beyond the cut not drawn
+    sampler = PatchSampler([sample], {**config, "foreground_fraction": 0.0})
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        centre = sample.body[rng.integers(len(sample.body))].astype(int)
+        weight = sampler.slice_weight(sample, centre)
+        start = centre[0] - config["patch"][0] // 2
+        for k in range(config["patch"][0]):
+            z = start + k
+            expected = 0.0 if 0 <= z < len(sample.scored) and not sample.scored[z] else 1.0
+            assert (weight[0, k] == expected).all()
+    draw = augmentation(config)(PatchSampler([sample], config).draw(np.random.default_rng(2)))
+    assert np.asarray(draw["weight"]).shape == (1, *config["patch"])
+    assert set(np.unique(np.asarray(draw["weight"]))) <= {0.0, 1.0}  # nearest: still a mask after the affine

@@ -45,6 +45,10 @@ DEFAULTS: dict = {
     # on leak-free CTs and validated on leak-free CTs scored on the slices with image data (rtrai.io.openkbp), so the
     # model learns anatomy rather than that artefact, and selection measures what a clinical CT would give.
     "leak_free": False,
+    # With leak_free: the loss counts only the slices with image data, and patches are centred on organ voxels there
+    # (OpenKBP's contours go on beyond the CT's cut, 19-23 % of the brainstems' and spinal cords' voxels in the train
+    # patients, where no network can see them).
+    "imaged_slices_only": False,
     # Warm start: a zoo model name or model folder whose weights (same network, inputs and labels) the run starts
     # from instead of a random initialisation; the schedule, optimiser and step count start afresh.
     "init": None,

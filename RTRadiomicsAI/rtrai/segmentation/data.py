@@ -98,7 +98,7 @@ class Sample:
     centres: list  # per label: (n, 3) int voxel indices inside it (subsampled), empty when absent
     body: np.ndarray  # (n, 3) voxel indices inside the body, for background patches
     spacing: tuple  # (x, y, z) mm of the CT as read (before any down-sampling)
-    scored: np.ndarray | None = None  # (z,) bool: the slices validation scores (leak-free OpenKBP), None: all
+    scored: np.ndarray | None = None  # (z,) bool: the slices with image data (leak-free OpenKBP), None: all
 
 
 def load_samples(paths: list[Path], config: dict, progress=None, max_points: int = 4096, seed: int = 0,
@@ -131,9 +131,13 @@ def load_samples(paths: list[Path], config: dict, progress=None, max_points: int
         labels, present = label_array(case, config["labels"])
         if factor > 1:
             image, labels = downsample(image, factor), downsample(labels, factor, is_label=True)
+            if scored is not None:
+                scored = downsample(scored[None, :, None, None], factor, is_label=True)[0, :, 0, 0].astype(bool)
         points = []
         for i in range(len(config["labels"])):
             found = np.argwhere(labels[i]) if present[i] else np.zeros((0, 3), dtype=np.int64)
+            if config.get("imaged_slices_only") and scored is not None:
+                found = found[scored[found[:, 0]]]
             if len(found) > max_points:
                 found = found[rng.choice(len(found), max_points, replace=False)]
             points.append(found.astype(np.int16))
@@ -190,6 +194,9 @@ class PatchSampler:
         self.patch = tuple(int(p) for p in config["patch"])
         self.foreground = float(config["foreground_fraction"])
         self.count = len(config["labels"])
+        # imaged_slices_only: the loss sees only the slices with image data of leak-free OpenKBP cases (their contours
+        # go on beyond the CT's cut, where no network can see them), and patches are centred there.
+        self.imaged_only = bool(config.get("imaged_slices_only"))
         self.with_label = [[i for i, s in enumerate(samples) if s.present[k] and len(s.centres[k])]
                            for k in range(len(config["labels"]))]
         if not any(self.with_label):
@@ -206,9 +213,23 @@ class PatchSampler:
             sample = self.samples[rng.integers(len(self.samples))]
             pool = sample.body if len(sample.body) else np.array([[n // 2 for n in sample.image.shape[1:]]])
             centre = pool[rng.integers(len(pool))].astype(int)
-        return {"image": crop(sample.image, centre, self.patch, PAD_VALUE).astype(np.float32),
-                "label": unpack(crop(sample.bits, centre, self.patch, 0), self.count).astype(np.float32),
-                "present": sample.present.astype(np.float32)}
+        patch = {"image": crop(sample.image, centre, self.patch, PAD_VALUE).astype(np.float32),
+                 "label": unpack(crop(sample.bits, centre, self.patch, 0), self.count).astype(np.float32),
+                 "present": sample.present.astype(np.float32)}
+        if self.imaged_only:
+            patch["weight"] = self.slice_weight(sample, centre)
+        return patch
+
+    def slice_weight(self, sample: Sample, centre) -> np.ndarray:
+        """(1, *patch) float32: 0 on the case's slices without image data, 1 elsewhere (beyond the volume too, where
+        the labels are empty and the image padding: there it teaches background, as without the weight; and on every
+        slice of a case that is not a leak-free OpenKBP one)."""
+        if sample.scored is None:
+            return np.ones((1, *self.patch), dtype=np.float32)
+        weight = np.ones((1, len(sample.scored), 1, 1), dtype=np.float32)
+        weight[0, ~sample.scored] = 0.0
+        weight = crop(weight, (centre[0], 0, 0), (self.patch[0], 1, 1), 1.0)
+        return np.ascontiguousarray(np.broadcast_to(weight, (1, *self.patch)))
 
 
 def lateral_order(labels: list[str]) -> list[int]:
@@ -218,8 +239,8 @@ def lateral_order(labels: list[str]) -> list[int]:
 
 
 def augmentation(config: dict):
-    """MONAI augmentation on {"image", "label", "present"} dicts: lateral flip with label swap, small affine,
-    intensity scale/shift and noise on the image only."""
+    """MONAI augmentation on {"image", "label", "present"[, "weight"]} dicts: lateral flip with label swap, small
+    affine (the weight moved with the labels), intensity scale/shift and noise on the image only."""
     from monai.transforms import (Compose, MapTransform, RandAffined, RandGaussianNoised, RandomizableTransform,
                                   RandScaleIntensityd, RandShiftIntensityd)
 
@@ -242,8 +263,9 @@ def augmentation(config: dict):
     angle = np.deg2rad(float(aug["rotate_deg"]))
     return Compose([
         RandLateralFlipd(prob=float(aug["flip"])),
-        RandAffined(keys=["image", "label"], prob=float(aug["affine"]), rotate_range=(angle, angle, angle),
-                    scale_range=(aug["scale"],) * 3, mode=("bilinear", "nearest"), padding_mode="border"),
+        RandAffined(keys=["image", "label", "weight"], prob=float(aug["affine"]), rotate_range=(angle, angle, angle),
+                    scale_range=(aug["scale"],) * 3, mode=("bilinear", "nearest", "nearest"), padding_mode="border",
+                    allow_missing_keys=True),
         RandScaleIntensityd(keys="image", factors=0.1, prob=float(aug["intensity"])),
         RandShiftIntensityd(keys="image", offsets=0.05, prob=float(aug["intensity"])),
         RandGaussianNoised(keys="image", std=0.02, prob=float(aug["noise"])),

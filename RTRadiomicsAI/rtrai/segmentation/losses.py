@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 
-def masked_bce_dice(logits, target, present, dice_weight: float = 1.0, smooth: float = 1.0):
-    """Loss over (B, L, z, y, x) logits; ``present`` (B, L) is 1 where that patient's structure was contoured.
+def masked_bce_dice(logits, target, present, dice_weight: float = 1.0, smooth: float = 1.0, weight=None):
+    """Loss over (B, L, z, y, x) logits; ``present`` (B, L) is 1 where that patient's structure was contoured;
+    ``weight`` (B, 1, z, y, x), if given, is 1 where voxels count and 0 where they do not (slices without image data).
 
     An absent structure contributes nothing: neither its BCE nor its Dice terms, so the network is never taught that
     an organ nobody drew is empty. Dice is a batch Dice per label over the patches where the structure is contoured
@@ -16,11 +17,17 @@ def masked_bce_dice(logits, target, present, dice_weight: float = 1.0, smooth: f
     import torch.nn.functional as F
 
     spatial = tuple(range(2, logits.ndim))
-    weight = present.to(logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=spatial)
-    bce = (bce * weight).sum() / weight.sum().clamp(min=1.0)
+    contoured = present.to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     prob = torch.sigmoid(logits)
-    visible = weight * (target.sum(dim=spatial) > 0).to(logits.dtype)
+    if weight is None:
+        bce = bce.mean(dim=spatial)
+    else:
+        weight = weight.to(logits.dtype)
+        bce = (bce * weight).sum(dim=spatial) / weight.sum(dim=spatial).clamp(min=1.0)
+        prob, target = prob * weight, target * weight
+    bce = (bce * contoured).sum() / contoured.sum().clamp(min=1.0)
+    visible = contoured * (target.sum(dim=spatial) > 0).to(logits.dtype)
     intersection = ((prob * target).sum(dim=spatial) * visible).sum(dim=0)
     denominator = (((prob + target).sum(dim=spatial)) * visible).sum(dim=0)
     dice = 1.0 - (2.0 * intersection + smooth) / (denominator + smooth)

@@ -147,9 +147,11 @@ def train(data: str | os.PathLike, config: dict | None, workdir: str | os.PathLi
         image = torch.stack([torch.as_tensor(np.asarray(b["image"]), dtype=torch.float32) for b in batch])
         label = torch.stack([torch.as_tensor(np.asarray(b["label"]), dtype=torch.float32) for b in batch])
         present = torch.stack([torch.as_tensor(np.asarray(b["present"]), dtype=torch.float32) for b in batch])
+        weight = (torch.stack([torch.as_tensor(np.asarray(b["weight"]), dtype=torch.float32) for b in batch])
+                  if "weight" in batch[0] else None)
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(config, step)
-        loss = masked_bce_dice(model(image), label, present, float(config["dice_weight"]))
+        loss = masked_bce_dice(model(image), label, present, float(config["dice_weight"]), weight=weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
